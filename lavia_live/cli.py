@@ -1,0 +1,129 @@
+"""The ``lavia`` command.
+
+Commands of the live package are defined here; other packages add theirs through the
+``lavia.commands`` entry-point group (a callable that takes the sub-parser collection), so
+``lavia_live`` never imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from lavia_live import __version__
+from lavia_live.config import Loaded, Settings, load_settings
+from lavia_live.contract.tasks import TaskLibrary
+from lavia_live.errors import LaviaError
+from lavia_live.logs import configure_logging
+
+M = TypeVar("M", bound=BaseModel)
+Command = Callable[[argparse.Namespace], int]
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command that reads configuration takes."""
+    group = parser.add_argument_group("configuration")
+    group.add_argument(
+        "-c", "--config", action="append", default=[], metavar="FILE",
+        help="YAML config file (repeatable; later files win)",
+    )  # fmt: skip
+    group.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="override one setting, e.g. --set sampling.clip_frames=15 (wins over all else)",
+    )  # fmt: skip
+
+
+def load_config(args: argparse.Namespace, model: type[M]) -> Loaded[M]:
+    """Load ``model`` from the command's ``--config`` files, ``LAVIA_*`` and ``--set``."""
+    return load_settings(model, files=args.config, overrides=args.overrides)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    loaded = load_config(args, Settings)
+    rows = loaded.rows()
+    if args.json:
+        print(json.dumps({k: {"value": v, "source": s} for k, v, s in rows}, indent=2))
+        return 0
+    width = max(len(k) for k, _, _ in rows)
+    shown = [(k, json.dumps(v), s) for k, v, s in rows]
+    vwidth = max(len(v) for _, v, _ in shown)
+    for key, value, source in shown:
+        print(f"{key:<{width}}  {value:<{vwidth}}  # {source}")
+    return 0
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    settings = load_config(args, Settings).settings
+    library = TaskLibrary.load(args.folder or settings.tasks.folder)
+    if args.task_id:
+        task = library.require(args.task_id)
+        print(f"{task.id}: {task.title}")
+        for i, step in enumerate(task.steps, start=1):
+            print(f"  {i}. {step}")
+        if task.guideline:
+            print(f"\nGuideline: {task.guideline}")
+        return 0
+    for task in library.values():
+        print(f"{task.id:<28} {len(task.steps):>2} steps  {task.title}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lavia",
+        description="LaViA Live: real-time task guidance from live video, and the pipeline "
+        "that builds its datasets and models.",
+    )
+    parser.add_argument("--version", action="version", version=f"lavia {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("config", help="print the effective configuration and where each value came from")
+    add_config_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("tasks", help="list the task library, or show one task's steps")
+    add_config_options(p)
+    p.add_argument("task_id", nargs="?", help="a task id to show in full")
+    p.add_argument("--folder", help="task folder (default: the configured or shipped one)")
+    p.set_defaults(func=_cmd_tasks)
+
+    for ep in sorted(entry_points(group="lavia.commands"), key=lambda e: e.name):
+        register: Callable[[Any], None] = ep.load()
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    level = {0: None, 1: "INFO"}.get(args.verbose, "DEBUG")
+    try:
+        log = load_config(args, Settings).settings.logging if hasattr(args, "config") else None
+        configure_logging(
+            level or (log.level if log else "WARNING"),
+            args.log_format or (log.format if log else "text"),
+        )
+        func: Command = args.func
+        return func(args)
+    except LaviaError as exc:
+        print(f"lavia {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lavia {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The one prompt builder: annotation, training, evaluation and serving all call it.
+
+A prompt is one user turn made of parts, fixed part first so prefix caches (SGLang's radix
+cache, a local KV cache) reuse it across requests of a session::
+
+    [text: instructions + task context]  [image] x N (oldest first)  [text: request]
+
+The same parts render three ways: chat messages with image parts for OpenAI-compatible
+servers, chat messages with ``{"type": "image"}`` for Hugging Face processors, and the
+LLaVA record text with one ``<image>`` line per frame. :func:`parse_llava_text` turns the
+record text back into the same parts, so a trainer sees exactly what the server sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lavia_live.contract.guidance import NO_WARNING, TASK_COMPLETE
+from lavia_live.contract.tasks import TaskContext
+
+PROMPT_VERSION = "lavia-live-prompt-1"
+IMAGE_TAG = "<image>"
+
+PromptKind = Literal["guidance", "question"]
+
+
+@dataclass(frozen=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    index: int  # position of the frame in the clip, 0 = oldest
+
+
+Part = TextPart | ImagePart
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One user turn; ``kind`` says whether the answer is guidance or free text."""
+
+    parts: tuple[Part, ...]
+    kind: PromptKind
+    version: str = PROMPT_VERSION
+
+    @property
+    def n_images(self) -> int:
+        return sum(isinstance(p, ImagePart) for p in self.parts)
+
+    def openai_messages(self, image_urls: Sequence[str]) -> list[dict[str, Any]]:
+        """Chat-completions messages; ``image_urls[i]`` (e.g. a JPEG data URL) is frame i."""
+        if len(image_urls) != self.n_images:
+            raise ValueError(f"prompt has {self.n_images} images, got {len(image_urls)} URLs")
+        content: list[dict[str, Any]] = []
+        for part in self.parts:
+            if isinstance(part, TextPart):
+                content.append({"type": "text", "text": part.text})
+            else:
+                content.append({"type": "image_url", "image_url": {"url": image_urls[part.index]}})
+        return [{"role": "user", "content": content}]
+
+    def hf_messages(self, answer: str | None = None) -> list[dict[str, Any]]:
+        """Messages for a Hugging Face processor's chat template (images passed separately,
+        in clip order); with ``answer``, the assistant turn a training example ends with."""
+        content: list[dict[str, Any]] = [
+            {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image"}
+            for p in self.parts
+        ]
+        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+        if answer is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        return messages
+
+    def llava_text(self) -> str:
+        """The human turn of a LLaVA/ShareGPT record: one ``<image>`` line per frame."""
+        out: list[str] = []
+        for part in self.parts:
+            out.append(part.text if isinstance(part, TextPart) else IMAGE_TAG + "\n")
+        return "".join(out)
+
+
+def parse_llava_text(value: str, kind: PromptKind = "guidance") -> Prompt:
+    """Rebuild prompt parts from a record's human turn (inverse of :meth:`Prompt.llava_text`)."""
+    parts: list[Part] = []
+    chunks = value.split(IMAGE_TAG)
+    for i, chunk in enumerate(chunks):
+        if i > 0:
+            parts.append(ImagePart(i - 1))
+            chunk = chunk.removeprefix("\n")
+        if chunk:
+            parts.append(TextPart(chunk))
+    return Prompt(tuple(parts), kind)
+
+
+def task_context_text(task: TaskContext) -> str:
+    """The fixed part of every prompt for a task: instructions and the task context."""
+    lines = [
+        "You are a task assistant watching a person through their camera. "
+        "Frames arrive one per second, oldest first.",
+        f"Task: {task.title}",
+    ]
+    if task.steps:
+        lines.append("Steps:")
+        lines.extend(f"{i}. {step}" for i, step in enumerate(task.steps, start=1))
+    if task.guideline:
+        lines.append(f"Guideline: {task.guideline}")
+    return "\n".join(lines) + "\n"
+
+
+_GUIDANCE_REQUEST = (
+    "Which step is the person doing now, which step comes next, and is there a visible "
+    "mistake? Use the step texts from the list. Answer in exactly this format:\n"
+    "Current step: <step>\nNext step: <step, or '" + TASK_COMPLETE + "'>\n"
+    "Warning: <the mistake, or '" + NO_WARNING + "'>"
+)
+
+
+def _frames_line(n_frames: int) -> str:
+    return f"The {n_frames} frames above cover the last {n_frames} seconds."
+
+
+def build_guidance_prompt(
+    task: TaskContext, n_frames: int, history: Sequence[str] = ()
+) -> Prompt:
+    """Ask for the current step, next step and any warning for a clip of ``n_frames``."""
+    request = [_frames_line(n_frames)]
+    if history:
+        request.append("Earlier guidance: " + " | ".join(history))
+    request.append(_GUIDANCE_REQUEST)
+    return _assemble(task, n_frames, "\n".join(request), "guidance")
+
+
+def build_question_prompt(
+    task: TaskContext, n_frames: int, question: str, history: Sequence[str] = ()
+) -> Prompt:
+    """Answer a question the person asked about the task, given the current clip."""
+    request = [_frames_line(n_frames)]
+    if history:
+        request.append("Earlier guidance: " + " | ".join(history))
+    request.append(f"The person asks: {' '.join(question.split())}")
+    request.append("Answer briefly and concretely, in one or two sentences.")
+    return _assemble(task, n_frames, "\n".join(request), "question")
+
+
+def _assemble(task: TaskContext, n_frames: int, request: str, kind: PromptKind) -> Prompt:
+    if n_frames < 0:
+        raise ValueError(f"n_frames must be >= 0, got {n_frames}")
+    parts: list[Part] = [TextPart(task_context_text(task))]
+    parts.extend(ImagePart(i) for i in range(n_frames))
+    parts.append(TextPart(request))
+    return Prompt(tuple(parts), kind)
