@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=["text", "json"], help="log line format")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("config", help="print the effective configuration and where each value came from")
+    p = sub.add_parser(
+        "config", help="print the effective configuration and where each value came from"
+    )
     add_config_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_config)

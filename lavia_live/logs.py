@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+_handler: logging.Handler | None = None  # the one configure_logging installed
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -45,12 +46,12 @@ class TextFormatter(logging.Formatter):
 
 def configure_logging(level: str = "WARNING", fmt: str = "text") -> None:
     """Route the ``lavia_live`` and ``training`` loggers to stderr at ``level``."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    global _handler
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING)
+    if _handler is not None:
+        root.removeHandler(_handler)
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root.addHandler(_handler)
     for name in ("lavia_live", "training"):
         logging.getLogger(name).setLevel(level)

@@ -145,7 +145,9 @@ def load_settings(
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
-        _merge(model, data, _nest(key.strip(), _scalar(value)), f"flag --set {key.strip()}", sources)
+        _merge(
+            model, data, _nest(key.strip(), _scalar(value)), f"flag --set {key.strip()}", sources
+        )
     try:
         settings = model.model_validate(data)
     except ValidationError as exc:

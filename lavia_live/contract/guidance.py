@@ -94,7 +94,8 @@ _KEYS: dict[str, str] = {
     "mistakes": "warning",
 }
 _LINE = re.compile(
-    r"^[\s>*#\-\d.)]*(?:\*\*|__)?\s*(" + "|".join(sorted(map(re.escape, _KEYS), key=len)[::-1])
+    r"^[\s>*#\-\d.)]*(?:\*\*|__)?\s*("
+    + "|".join(sorted(map(re.escape, _KEYS), key=len)[::-1])
     + r")\s*(?:\*\*|__)?\s*[:=\-\u2013]\s*(?:\*\*|__)?\s*(.*)$",
     re.IGNORECASE,
 )

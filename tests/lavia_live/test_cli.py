@@ -1,0 +1,82 @@
+"""The `lavia` command as a user runs it: a real subprocess of the installed script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lavia_live.cli import main
+
+
+def lavia(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lavia_live.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        check=False,
+    )
+
+
+def test_help_lists_only_working_commands() -> None:
+    out = lavia("--help")
+    assert out.returncode == 0
+    assert "config" in out.stdout and "tasks" in out.stdout
+    assert "serve" not in out.stdout
+
+
+def test_config_shows_values_and_sources() -> None:
+    out = lavia(
+        "config",
+        "--set",
+        "logging.level=INFO",
+        env={"LAVIA_SAMPLING__MIN_FRAMES_FOR_GUIDANCE": "6"},
+    )
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines()}
+    assert lines["logging.level"].endswith("# flag --set logging.level")
+    assert '"INFO"' in lines["logging.level"]
+    assert lines["sampling.min_frames_for_guidance"].endswith(
+        "# env LAVIA_SAMPLING__MIN_FRAMES_FOR_GUIDANCE"
+    )
+    assert lines["sampling.clip_frames"].endswith("# default")
+
+
+def test_config_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--json", "--set", "tasks.default_task=x"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["tasks.default_task"] == {"value": "x", "source": "flag --set tasks.default_task"}
+
+
+def test_bad_config_fails_at_start_with_the_key_named() -> None:
+    out = lavia("tasks", env={"LAVIA_SAMPLING__CLIP_FRAMES": "lots"})
+    assert out.returncode == 2
+    assert "sampling.clip_frames" in out.stderr and "LAVIA_SAMPLING__CLIP_FRAMES" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = lavia("config", "--sett", "x")
+    assert out.returncode == 2 and "unrecognized arguments" in out.stderr
+
+
+def test_tasks_lists_and_shows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tasks"]) == 0
+    listing = capsys.readouterr().out
+    assert "demo_oil_change" in listing and "honda_gx160_oil_change" in listing
+    assert main(["tasks", "demo_oil_change"]) == 0
+    assert "1. Slide the oil pan under the engine." in capsys.readouterr().out
+    assert main(["tasks", "nope"]) == 2
+    assert "unknown task 'nope'" in capsys.readouterr().err
+    (tmp_path / "broken.yaml").write_text("id: x\ntitle: T\n")
+    assert main(["tasks", "--folder", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.yaml" in err and "field 'steps'" in err
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "usage: lavia" in capsys.readouterr().out
