@@ -1,0 +1,302 @@
+"""A real HTTP server on loopback speaking the OpenAI chat-completions wire protocol.
+
+Tests script it per request and inspect what it received::
+
+    async with OpenAIServer() as server:
+        server.script(http_error(500), ok())
+        client = AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+        ...
+        assert len(server.requests) == 2
+
+Each ``POST /v1/chat/completions`` consumes the next scripted behaviour (``server.default``
+once the queue is empty); ``stream: true`` is answered with server-sent events as the real
+API sends them (``data: {chunk}`` lines, then ``data: [DONE]``). ``GET /v1/models`` lists
+``server.model_id``. Usage numbers follow OpenAI's rules of thumb (text ~4 characters per
+token, 85 tokens per low-detail image) and every response's usage is kept in ``usages``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+from aiohttp import web
+
+VALID_GUIDANCE = json.dumps(
+    {"current_step": "Loosen the drain plug.", "next_step": "Drain the oil.", "warning": None}
+)
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How the server answers one request; build with the helpers below."""
+
+    kind: Literal["ok", "error", "hang", "hold", "malformed"]
+    content: str = VALID_GUIDANCE
+    status: int = 200
+    message: str = ""
+    retry_after: float | None = None
+    seconds: float = 0.0
+    release: asyncio.Event | None = None
+    then: Behaviour | None = None
+    usage: tuple[int, int] | None = None  # (prompt_tokens, completion_tokens) override
+
+
+def ok(content: str = VALID_GUIDANCE, usage: tuple[int, int] | None = None) -> Behaviour:
+    """A valid completion whose message content is ``content`` (default: valid guidance)."""
+    return Behaviour("ok", content=content, usage=usage)
+
+
+def content(text: str) -> Behaviour:
+    """A valid completion carrying arbitrary text, e.g. an answer of the wrong schema."""
+    return Behaviour("ok", content=text)
+
+
+def http_error(status: int, message: str = "", retry_after: float | None = None) -> Behaviour:
+    """An error status with an OpenAI-style error body (and a Retry-After header if given)."""
+    return Behaviour(
+        "error",
+        status=status,
+        message=message or f"scripted error {status}",
+        retry_after=retry_after,
+    )
+
+
+def hang(seconds: float) -> Behaviour:
+    """Answer nothing for ``seconds`` (or until the server closes), then 504: client timeouts."""
+    return Behaviour("hang", seconds=seconds)
+
+
+def hold(release: asyncio.Event, then: Behaviour | None = None) -> Behaviour:
+    """Hold the request until the test sets ``release``, then answer as ``then`` (ok)."""
+    return Behaviour("hold", release=release, then=then)
+
+
+def malformed_json() -> Behaviour:
+    """Status 200 with a JSON content type and a body that is not JSON."""
+    return Behaviour("malformed")
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    at: float  # loop time of arrival
+
+    def content_parts(self) -> list[dict[str, Any]]:
+        """All content parts of all messages, in order."""
+        parts: list[dict[str, Any]] = []
+        for message in self.body.get("messages", []):
+            value = message.get("content")
+            if isinstance(value, str):
+                parts.append({"type": "text", "text": value})
+            elif isinstance(value, list):
+                parts.extend(value)
+        return parts
+
+    def image_urls(self) -> list[str]:
+        return [p["image_url"]["url"] for p in self.content_parts() if p["type"] == "image_url"]
+
+    def text(self) -> str:
+        return "".join(p["text"] for p in self.content_parts() if p["type"] == "text")
+
+
+@dataclass
+class OpenAIServer:
+    """Scripted OpenAI-compatible server on 127.0.0.1 (a free port); an async context manager."""
+
+    model_id: str = "test-vlm"
+    default: Behaviour = field(default_factory=ok)
+    requests: list[ReceivedRequest] = field(default_factory=list)
+    usages: list[tuple[int, int]] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    port: int = 0
+    _queue: deque[Behaviour] = field(default_factory=deque)
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def script(self, *behaviours: Behaviour) -> None:
+        self._queue.extend(behaviours)
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until ``condition()`` holds; it is checked whenever a request arrives or ends."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(condition), timeout)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> OpenAIServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        model = {"id": self.model_id, "object": "model", "created": 0, "owned_by": "lavia-test"}
+        return web.json_response({"object": "list", "data": [model]})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "request body is not JSON")
+        if not isinstance(body, dict):
+            return _error(400, "request body must be a JSON object")
+        loop = asyncio.get_running_loop()
+        self.requests.append(
+            ReceivedRequest(request.path, body, dict(request.headers), loop.time())
+        )
+        behaviour = self._queue.popleft() if self._queue else self.default
+        await self._count(+1)
+        try:
+            return await self._answer(request, body, behaviour)
+        finally:
+            await self._count(-1)
+
+    async def _count(self, delta: int) -> None:
+        async with self._changed:
+            self.in_flight += delta
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._changed.notify_all()
+
+    async def _answer(
+        self, request: web.Request, body: dict[str, Any], behaviour: Behaviour
+    ) -> web.StreamResponse:
+        if behaviour.kind == "hold":
+            assert behaviour.release is not None
+            await _first(behaviour.release.wait(), self._closing.wait())
+            if self._closing.is_set():
+                return _error(503, "server closing")
+            return await self._answer(request, body, behaviour.then or ok())
+        if behaviour.kind == "hang":
+            await _first(asyncio.sleep(behaviour.seconds), self._closing.wait())
+            return _error(504, "hung on purpose")
+        if behaviour.kind == "error":
+            headers = (
+                {}
+                if behaviour.retry_after is None
+                else {"Retry-After": f"{behaviour.retry_after:g}"}
+            )
+            return _error(behaviour.status, behaviour.message, headers)
+        if behaviour.kind == "malformed":
+            return web.Response(
+                status=200,
+                text='{"id": "chatcmpl-x", "choices": [',
+                content_type="application/json",
+            )
+        usage = behaviour.usage or (_prompt_tokens(body), max(1, len(behaviour.content) // 4))
+        self.usages.append(usage)
+        if body.get("stream"):
+            return await self._stream(request, body, behaviour.content, usage)
+        return web.json_response(_completion(body, self.model_id, behaviour.content, usage))
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], text: str, usage: tuple[int, int]
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        base = {
+            "id": "chatcmpl-test",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model", self.model_id),
+        }
+        pieces = [{"role": "assistant", "content": ""}]
+        pieces += [{"content": piece} for piece in re.findall(r"\s*\S+|\s+$", text)]
+        for delta in pieces:
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        await response.write(f"data: {json.dumps(final)}\n\n".encode())
+        if (body.get("stream_options") or {}).get("include_usage"):
+            tail = {**base, "choices": [], "usage": _usage(usage)}
+            await response.write(f"data: {json.dumps(tail)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+async def _first(*aws: Any) -> None:
+    """Wait until the first of ``aws`` finishes; cancel the rest."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    kind = (
+        "rate_limit_error"
+        if status == 429
+        else "invalid_request_error"
+        if status < 500
+        else "server_error"
+    )
+    body = {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    request = ReceivedRequest("", body, {}, 0.0)
+    return 7 + len(request.text()) // 4 + 85 * len(request.image_urls())
+
+
+def _usage(usage: tuple[int, int]) -> dict[str, int]:
+    prompt, completion = usage
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _completion(
+    body: dict[str, Any], model_id: str, text: str, usage: tuple[int, int]
+) -> dict[str, Any]:
+    message = {"role": "assistant", "content": text, "refusal": None}
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", model_id),
+        "system_fingerprint": "fp_test",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+        "usage": _usage(usage),
+    }

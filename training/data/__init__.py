@@ -1,0 +1,1 @@
+"""Dataset build: transcribe narrated videos, cut clips, annotate them, write records."""
