@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lavia_live.atomic import atomic_open
 from lavia_live.contract.prompt import IMAGE_TAG, Prompt
 from lavia_live.errors import RecordError
 
@@ -143,19 +142,9 @@ def read_records(path: str | Path) -> list[InstructionRecord]:
 
 def write_jsonl(path: str | Path, records: Iterable[InstructionRecord]) -> int:
     """Write records atomically (a temporary file renamed into place); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
-                count += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        for record in records:
+            fh.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
+            count += 1
     return count
