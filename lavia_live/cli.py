@@ -112,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     level = {0: None, 1: "INFO"}.get(args.verbose, "DEBUG")
     try:
-        log = load_config(args, Settings).settings.logging if hasattr(args, "config") else None
+        model: type[Settings] = getattr(args, "settings_model", Settings)
+        log = load_config(args, model).settings.logging if hasattr(args, "config") else None
         configure_logging(
             level or (log.level if log else "WARNING"),
             args.log_format or (log.format if log else "text"),

@@ -1,4 +1,4 @@
-"""A real HTTP server on loopback speaking the OpenAI chat-completions wire protocol.
+"""A real HTTP server on loopback speaking the OpenAI chat-completions and audio wire protocol.
 
 Tests script it per request and inspect what it received::
 
@@ -13,20 +13,31 @@ once the queue is empty); ``stream: true`` is answered with server-sent events a
 API sends them (``data: {chunk}`` lines, then ``data: [DONE]``). ``GET /v1/models`` lists
 ``server.model_id``. Usage numbers follow OpenAI's rules of thumb (text ~4 characters per
 token, 85 tokens per low-detail image) and every response's usage is kept in ``usages``.
+
+``POST /v1/audio/transcriptions`` (multipart: ``file``, ``model``, ``response_format``,
+``timestamp_granularities[]``) records every upload in ``uploads`` (size, filename, model,
+decoded duration) and consumes its own queue (``script_transcriptions``, then
+``transcription_default``); the error/hang/hold/malformed behaviours work as for chat. A file
+over ``max_upload_bytes`` is refused with 413 before any behaviour is consumed, as the real API
+does. By default the answer has one segment per ``segment_s`` seconds of the decoded upload,
+texted ``"<filename> #<k>"``; ``transcribed(segments)`` scripts explicit segments.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
 
+import av
 from aiohttp import web
 
 VALID_GUIDANCE = json.dumps(
@@ -47,6 +58,9 @@ class Behaviour:
     release: asyncio.Event | None = None
     then: Behaviour | None = None
     usage: tuple[int, int] | None = None  # (prompt_tokens, completion_tokens) override
+    segments: tuple[tuple[float, float, str], ...] | None = (
+        None  # transcriptions: (start, end, text)
+    )
 
 
 def ok(content: str = VALID_GUIDANCE, usage: tuple[int, int] | None = None) -> Behaviour:
@@ -79,6 +93,12 @@ def hold(release: asyncio.Event, then: Behaviour | None = None) -> Behaviour:
     return Behaviour("hold", release=release, then=then)
 
 
+def transcribed(segments: tuple[tuple[float, float, str], ...] | None = None) -> Behaviour:
+    """A transcription: these (start, end, text) segments, or by default segments derived
+    from the decoded upload (one per ``server.segment_s`` seconds)."""
+    return Behaviour("ok", segments=segments)
+
+
 def malformed_json() -> Behaviour:
     """Status 200 with a JSON content type and a body that is not JSON."""
     return Behaviour("malformed")
@@ -109,6 +129,25 @@ class ReceivedRequest:
         return "".join(p["text"] for p in self.content_parts() if p["type"] == "text")
 
 
+@dataclass(frozen=True)
+class ReceivedUpload:
+    """One ``POST /v1/audio/transcriptions``; ``duration`` is None if the file did not decode."""
+
+    path: str
+    filename: str
+    size: int  # bytes of the uploaded file
+    data: bytes
+    fields: dict[str, list[str]]  # the non-file form fields, e.g. model, response_format
+    headers: dict[str, str]
+    duration: float | None
+    accepted: bool  # False when refused with 413 for exceeding max_upload_bytes
+    at: float  # loop time of arrival
+
+    @property
+    def model(self) -> str:
+        return self.fields.get("model", [""])[0]
+
+
 @dataclass
 class OpenAIServer:
     """Scripted OpenAI-compatible server on 127.0.0.1 (a free port); an async context manager."""
@@ -120,7 +159,12 @@ class OpenAIServer:
     in_flight: int = 0
     max_in_flight: int = 0
     port: int = 0
+    transcription_default: Behaviour = field(default_factory=transcribed)
+    uploads: list[ReceivedUpload] = field(default_factory=list)
+    max_upload_bytes: int = 25 * 1024 * 1024  # OpenAI's per-file limit
+    segment_s: float = 2.0  # length of the default transcription's segments
     _queue: deque[Behaviour] = field(default_factory=deque)
+    _transcription_queue: deque[Behaviour] = field(default_factory=deque)
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _runner: web.AppRunner | None = None
@@ -132,14 +176,18 @@ class OpenAIServer:
     def script(self, *behaviours: Behaviour) -> None:
         self._queue.extend(behaviours)
 
+    def script_transcriptions(self, *behaviours: Behaviour) -> None:
+        self._transcription_queue.extend(behaviours)
+
     async def wait_until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until ``condition()`` holds; it is checked whenever a request arrives or ends."""
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(condition), timeout)
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=max(256 << 20, 2 * self.max_upload_bytes))
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/audio/transcriptions", self._transcription)
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
@@ -193,15 +241,93 @@ class OpenAIServer:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self._changed.notify_all()
 
+    async def _transcription(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        upload = form.get("file")
+        if not isinstance(upload, web.FileField):
+            return _error(400, "'file' is a required property (multipart file field)")
+        data = upload.file.read()
+        fields = {k: [str(v) for v in form.getall(k)] for k in form if k != "file"}
+        accepted = len(data) <= self.max_upload_bytes
+        duration = await asyncio.to_thread(_audio_duration, data) if accepted else None
+        loop = asyncio.get_running_loop()
+        received = ReceivedUpload(
+            request.path,
+            upload.filename,
+            len(data),
+            data,
+            fields,
+            dict(request.headers),
+            duration,
+            accepted,
+            loop.time(),
+        )
+        self.uploads.append(received)
+        if not accepted:
+            message = (
+                f"Maximum content size limit ({self.max_upload_bytes}) exceeded "
+                f"({len(data)} bytes read)"
+            )
+            body = {
+                "error": {"message": message, "type": "server_error", "param": None, "code": None}
+            }
+            return web.json_response(body, status=413)
+        behaviour = (
+            self._transcription_queue.popleft()
+            if self._transcription_queue
+            else self.transcription_default
+        )
+        await self._count(+1)
+        try:
+            return await self._respond(
+                behaviour, transcribed(), lambda b: self._transcript(received, b)
+            )
+        finally:
+            await self._count(-1)
+
+    async def _transcript(self, upload: ReceivedUpload, behaviour: Behaviour) -> web.Response:
+        if upload.duration is None:
+            return _error(
+                400,
+                "Invalid file format. Supported formats: flac, m4a, mp3, mp4, mpeg, mpga, oga, ogg, wav, webm",
+            )
+        segments = behaviour.segments
+        if segments is None:
+            n = math.ceil(upload.duration / self.segment_s)
+            segments = tuple(
+                (
+                    k * self.segment_s,
+                    min(upload.duration, (k + 1) * self.segment_s),
+                    f"{upload.filename} #{k}",
+                )
+                for k in range(n)
+            )
+        text = " ".join(t.strip() for _, _, t in segments)
+        response_format = upload.fields.get("response_format", ["json"])[0]
+        if response_format == "text":
+            return web.Response(text=text)
+        if response_format != "verbose_json":
+            return web.json_response({"text": text})
+        return web.json_response(_verbose_transcription(upload.duration, text, segments))
+
     async def _answer(
         self, request: web.Request, body: dict[str, Any], behaviour: Behaviour
     ) -> web.StreamResponse:
+        return await self._respond(behaviour, ok(), lambda b: self._chat_answer(request, body, b))
+
+    async def _respond(
+        self,
+        behaviour: Behaviour,
+        fallback: Behaviour,
+        answer: Callable[[Behaviour], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Play the error/hang/hold/malformed behaviours; ``answer`` the "ok" ones."""
         if behaviour.kind == "hold":
             assert behaviour.release is not None
             await _first(behaviour.release.wait(), self._closing.wait())
             if self._closing.is_set():
                 return _error(503, "server closing")
-            return await self._answer(request, body, behaviour.then or ok())
+            return await self._respond(behaviour.then or fallback, fallback, answer)
         if behaviour.kind == "hang":
             await _first(asyncio.sleep(behaviour.seconds), self._closing.wait())
             return _error(504, "hung on purpose")
@@ -218,6 +344,11 @@ class OpenAIServer:
                 text='{"id": "chatcmpl-x", "choices": [',
                 content_type="application/json",
             )
+        return await answer(behaviour)
+
+    async def _chat_answer(
+        self, request: web.Request, body: dict[str, Any], behaviour: Behaviour
+    ) -> web.StreamResponse:
         usage = behaviour.usage or (_prompt_tokens(body), max(1, len(behaviour.content) // 4))
         self.usages.append(usage)
         if body.get("stream"):
@@ -299,4 +430,46 @@ def _completion(
         "system_fingerprint": "fp_test",
         "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
         "usage": _usage(usage),
+    }
+
+
+def _audio_duration(data: bytes) -> float | None:
+    """Seconds of audio in the first audio track of ``data``; None if it does not decode."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                return None
+            samples, rate = 0, 0
+            for frame in container.decode(audio=0):
+                samples += frame.samples
+                rate = frame.sample_rate
+    except (av.FFmpegError, ValueError):
+        return None
+    return samples / rate if rate else None
+
+
+def _verbose_transcription(
+    duration: float, text: str, segments: tuple[tuple[float, float, str], ...]
+) -> dict[str, Any]:
+    return {
+        "task": "transcribe",
+        "language": "english",
+        "duration": duration,
+        "text": text,
+        "segments": [
+            {
+                "id": k,
+                "seek": 0,
+                "start": start,
+                "end": end,
+                "text": " " + words.strip(),
+                "tokens": [50364, 50414],
+                "temperature": 0.0,
+                "avg_logprob": -0.25,
+                "compression_ratio": 1.2,
+                "no_speech_prob": 0.01,
+            }
+            for k, (start, end, words) in enumerate(segments)
+        ],
+        "usage": {"type": "duration", "seconds": math.ceil(duration)},
     }

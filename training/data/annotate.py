@@ -20,6 +20,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol, cast
 
 import openai
@@ -76,6 +77,9 @@ class AnnotationRequest:
     task: TaskContext
     prompt: Prompt  # from the shared builder
     frames_jpeg: tuple[bytes, ...]  # JPEG bytes, oldest first; become data: URLs
+    # Where the clip comes from; annotators that read ground truth (the oracle) use these.
+    video: Path | None = None
+    timestamps: tuple[float, ...] = ()  # seconds from the start of the video, per frame
 
 
 @dataclass(frozen=True)

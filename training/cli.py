@@ -1,0 +1,160 @@
+"""The offline pipeline's ``lavia`` commands: ``lavia data build | demo | export``.
+
+Registered through the ``lavia.commands`` entry point, so the live package does not import
+this one. Each option that is also a setting becomes a ``--set`` override, so ``lavia
+config``-style provenance stays right and flags win over files and environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from lavia_live.atomic import atomic_open
+from lavia_live.cli import add_config_options, load_config
+from lavia_live.contract.records import iter_records
+from lavia_live.contract.tasks import TaskLibrary
+from training.config import PipelineSettings
+
+log = logging.getLogger(__name__)
+
+# option dest -> setting it overrides
+_SETTING_FLAGS = {
+    "annotator": "data.annotate.annotator",
+    "model": "data.annotate.model",
+    "base_url": "data.annotate.base_url",
+    "concurrency": "data.annotate.max_concurrency",
+    "transcribe": "data.transcribe.backend",
+    "max_side": "data.extract.max_side",
+}
+
+
+def _settings(args: argparse.Namespace) -> PipelineSettings:
+    for dest, key in _SETTING_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            args.overrides.append(f"{key}={value}")
+    return load_config(args, PipelineSettings).settings
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from training.data.build import build_dataset
+    from training.data.estimate import estimate_build
+
+    settings = _settings(args)
+    if args.dry_run:
+        print(estimate_build(args.inputs, settings).table())
+        return 0
+    report = asyncio.run(
+        build_dataset(
+            args.inputs, Path(args.out), settings, use_ray=args.ray, progress=args.progress
+        )
+    )
+    print(
+        f"{report.records} records from {report.clips} clips of {report.videos_in} video(s) "
+        f"in {report.out} (card: {report.out / 'card.md'}); "
+        f"cost ${report.annotation_usd + report.transcription_usd:.4f}; "
+        f"{len(report.failures)} failure(s)"
+    )
+    for failure in report.failures:
+        print(f"  {failure.where}: {failure.stage}: {failure.reason}", file=sys.stderr)
+    return 1 if report.failures and not report.records else 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from training.demo.render import DemoSpec, render_demo_video
+
+    settings = _settings(args)
+    task = TaskLibrary.load(settings.tasks.folder).require("demo_oil_change")
+    spec = DemoSpec(mistake_rate=args.mistake_rate, narration=not args.no_narration)
+    out = Path(args.out)
+    seeds = range(args.seed, args.seed + args.videos)
+    for seed in tqdm(
+        seeds,
+        desc="render",
+        unit="video",
+        disable=None if args.progress is None else not args.progress,
+    ):
+        video = out / f"demo_{seed:05d}.mp4"
+        if video.exists() and video.with_name(f"demo_{seed:05d}.truth.json").exists():
+            continue  # rendered by an earlier run (the truth file is written last)
+        render_demo_video(task, seed, out, spec)
+    print(f"{args.videos} demo video(s) in {out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    records = list(iter_records(args.records))
+    base = Path(args.records).resolve().parent
+    items: list[dict[str, Any]] = []
+    for record in records:
+        item = record.to_llava()
+        if args.absolute_paths:
+            item["image"] = [str(base / p) for p in item["image"]]
+        items.append(item)
+    with atomic_open(args.out) as fh:
+        json.dump(items, fh, ensure_ascii=False, indent=1)
+    print(
+        f"{len(items)} records in LLaVA format -> {args.out}"
+        + ("" if args.absolute_paths else f" (frame paths relative to {base}: --image_folder)")
+    )
+    return 0
+
+
+def _progress_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="progress bars (default: when stderr is a terminal)",
+    )  # fmt: skip
+
+
+def register(sub: Any) -> None:
+    """Add ``lavia data ...`` to the ``lavia`` command."""
+    data = sub.add_parser("data", help="build video-instruction datasets (LaViA pipeline)")
+    cmds = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    p = cmds.add_parser(
+        "build",
+        help="transcribe, clip and annotate videos into instruction records",
+        description="Inputs are video files, folders of videos, or JSONL manifests "
+        "(path, title, task_id, transcript or manual). Resumable: run it again to finish.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--annotator", choices=["openai", "oracle"], help="oracle: demo videos only")
+    p.add_argument("--model", help="annotation model (default gpt-4o)")
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. a local SGLang /v1")
+    p.add_argument("--concurrency", type=int, help="annotation requests in flight")
+    p.add_argument("--transcribe", choices=["local", "openai"], help="transcription backend")
+    p.add_argument("--max-side", type=int, help="longer side of written frames in pixels")
+    p.add_argument("--dry-run", action="store_true", help="count clips, estimate tokens and cost")
+    p.add_argument("--ray", action="store_true", help="run the video stage on Ray (RAY_ADDRESS)")
+    _progress_options(p)
+    add_config_options(p)
+    p.set_defaults(func=_cmd_build, settings_model=PipelineSettings)
+
+    p = cmds.add_parser("demo", help="render videos of the procedural demo task")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--videos", type=int, default=10, help="how many videos (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="first seed; video i uses seed+i")
+    p.add_argument(
+        "--mistake-rate", type=float, default=0.25, help="share of videos with a mistake"
+    )
+    p.add_argument("--no-narration", action="store_true", help="no spoken narration track")
+    _progress_options(p)
+    add_config_options(p)
+    p.set_defaults(func=_cmd_demo, settings_model=PipelineSettings)
+
+    p = cmds.add_parser("export", help="write records in another trainer's format")
+    p.add_argument("records", help="records.jsonl from lavia data build")
+    p.add_argument("--format", choices=["llava"], default="llava")
+    p.add_argument("--out", required=True, help="output JSON file")
+    p.add_argument("--absolute-paths", action="store_true", help="absolute frame paths")
+    p.set_defaults(func=_cmd_export)

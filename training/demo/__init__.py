@@ -1,0 +1,1 @@
+"""Procedural demo task: rendered videos with narration and per-frame ground truth."""
