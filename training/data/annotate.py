@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
 import json
 import logging
 import math
-import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +27,18 @@ from lavia_live.contract.guidance import GUIDANCE_JSON_SCHEMA, Guidance, parse_g
 from lavia_live.contract.prompt import Prompt, TextPart
 from lavia_live.contract.tasks import TaskContext
 from lavia_live.errors import LaviaError
+from lavia_live.openai_compat import (
+    MissingAPIKey,
+    api_key_from_env,
+    backoff_s,
+    error_message,
+    is_retryable_status,
+    retry_after_s,
+)
 
 log = logging.getLogger(__name__)
 
 ImageDetail = Literal["low", "high", "auto"]
-NO_KEY = "EMPTY"  # sent as the bearer token when no key is needed (local servers ignore it)
-_RETRY_STATUSES = frozenset({408, 409, 429})  # plus every 5xx
 _BAD_ANSWER = "answer did not match the guidance format"
 
 
@@ -161,16 +164,10 @@ class OpenAIAnnotator:
     def __init__(self, options: AnnotatorOptions) -> None:
         self.options = options
         self.name = f"openai:{options.model}"
-        if options.api_key_env:
-            api_key = os.environ.get(options.api_key_env, "")
-            if not api_key:
-                raise AnnotationError(
-                    f"environment variable {options.api_key_env} is not set: it must hold the "
-                    f"API key for {options.base_url or 'the OpenAI API'} "
-                    "(use api_key_env='' for a local server that needs no key)"
-                )
-        else:
-            api_key = NO_KEY
+        try:
+            api_key = api_key_from_env(options.api_key_env, options.base_url)
+        except MissingAPIKey as exc:
+            raise AnnotationError(str(exc)) from exc
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=options.base_url,
@@ -230,7 +227,9 @@ class OpenAIAnnotator:
                     exc.detail,
                 )
                 if attempt < opts.max_attempts:
-                    await asyncio.sleep(self._backoff(attempt, exc.delay_s))
+                    await asyncio.sleep(
+                        backoff_s(attempt, opts.backoff_s, opts.max_backoff_s, exc.delay_s)
+                    )
                 continue
             log.debug(
                 "%s: attempt %d succeeded in %.2f s",
@@ -241,12 +240,6 @@ class OpenAIAnnotator:
             return self._result(request.key, guidance, totals, attempt, None)
         log.warning("%s: annotation failed: %s", request.key, error)
         return self._result(request.key, None, totals, attempt, error)
-
-    def _backoff(self, attempt: int, server_delay_s: float) -> float:
-        """Exponential backoff with jitter, at least the server's Retry-After, capped."""
-        base = self.options.backoff_s * 2.0 ** (attempt - 1)
-        delay = max(base * (0.5 + random.random() / 2), server_delay_s)
-        return min(delay, self.options.max_backoff_s)
 
     async def _attempt(self, messages: list[dict[str, Any]], totals: _Totals) -> Guidance:
         opts = self.options
@@ -269,9 +262,9 @@ class OpenAIAnnotator:
         except openai.APIConnectionError as exc:
             raise _Retryable("connection error", str(exc.__cause__ or exc.message)) from exc
         except openai.APIStatusError as exc:
-            reason, detail = f"HTTP {exc.status_code}", _error_message(exc)
-            if exc.status_code in _RETRY_STATUSES or exc.status_code >= 500:
-                raise _Retryable(reason, detail, _retry_after_s(exc.response.headers)) from exc
+            reason, detail = f"HTTP {exc.status_code}", error_message(exc)
+            if is_retryable_status(exc.status_code):
+                raise _Retryable(reason, detail, retry_after_s(exc.response.headers)) from exc
             raise _Fatal(reason, detail) from exc
         except (openai.APIResponseValidationError, json.JSONDecodeError) as exc:
             raise _Retryable("malformed response", "body is not a chat completion") from exc
@@ -346,37 +339,6 @@ def _validate(text: str, structured: bool) -> tuple[Guidance | None, str]:
 def _excerpt(text: str, limit: int = 80) -> str:
     flat = " ".join(text.split())
     return repr(flat if len(flat) <= limit else flat[: limit - 3] + "...")
-
-
-def _error_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return str(inner["message"])
-    return exc.message
-
-
-def _retry_after_s(headers: Any) -> float:
-    """Seconds from ``retry-after-ms`` / ``Retry-After`` (seconds or HTTP date); 0 if none."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return 0.0
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return max(0.0, when.timestamp() - time.time())
 
 
 __all__ = [

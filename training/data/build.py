@@ -25,6 +25,7 @@ from lavia_live.contract.prompt import PROMPT_VERSION, build_guidance_prompt
 from lavia_live.contract.records import Annotation, InstructionRecord, write_jsonl
 from lavia_live.contract.tasks import TaskContext, TaskLibrary
 from lavia_live.errors import LaviaError
+from lavia_live.speech.asr import Transcript
 from training.config import PipelineSettings
 from training.data.annotate import (
     AnnotationError,
@@ -38,7 +39,7 @@ from training.data.manifest import VideoItem, collect_inputs
 from training.data.oracle import OracleAnnotator, load_truth
 from training.data.stages import VideoOutcome, process_video
 from training.data.store import BuildStore, content_key, file_digest, read_json
-from training.data.transcribe import transcript_from_json
+from training.data.transcribe import TranscriptionError, transcript_from_json
 
 log = logging.getLogger(__name__)
 
@@ -206,11 +207,13 @@ class _Build:
         self.report.videos_done += 0 if outcome.error else 1
         self.report.seconds += outcome.duration_s
         self.report.transcription_usd += outcome.transcription_cost_usd
-        transcript = None
+        transcript: Transcript | None = None
         if outcome.transcript_key:
             cached = read_json(self.store.transcript_path(outcome.transcript_key))
-            if isinstance(cached, dict):
-                transcript = transcript_from_json(cached["transcript"])
+            try:
+                transcript = transcript_from_json(cached["transcript"]) if cached else None
+            except (TranscriptionError, KeyError, TypeError) as exc:
+                self.report.notes.append(Failure(where, "transcribe", f"cached transcript: {exc}"))
         try:
             task = task_for(item, self.library, transcript.text if transcript else None)
         except (LaviaError, ValueError) as exc:
@@ -231,7 +234,7 @@ class _Build:
         outcome: VideoOutcome,
         clip: dict[str, Any],
         task: TaskContext,
-        transcript: Any,
+        transcript: Transcript | None,
         bar: tqdm[Any],
     ) -> None:
         where = f"{item.path} clip {clip['index']}"

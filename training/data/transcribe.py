@@ -14,8 +14,6 @@ import hashlib
 import io
 import json
 import logging
-import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,14 @@ import openai
 from openai.types.audio import TranscriptionVerbose
 
 from lavia_live.errors import SpeechError
+from lavia_live.openai_compat import (
+    MissingAPIKey,
+    api_key_from_env,
+    backoff_s,
+    error_message,
+    is_retryable_status,
+    retry_after_s,
+)
 from lavia_live.speech.asr import (
     SAMPLE_RATE,
     Segment,
@@ -36,7 +42,6 @@ from lavia_live.speech.asr import (
     decode_audio_file,
     transcribe_file,
 )
-from training.data.annotate import _error_message, _retry_after_s
 
 __all__ = [
     "TranscribeOptions",
@@ -52,7 +57,6 @@ log = logging.getLogger(__name__)
 
 UPLOAD_BITRATE = 32_000  # bits/s of the MP3 sent to the API (mono 16 kHz speech)
 _FINGERPRINT_VERSION = 1  # bump when the output of either backend changes for the same options
-_RETRY_STATUSES = frozenset({408, 409, 429})  # plus every 5xx
 _MIN_CHUNK_S = 1.0
 _QUIET_WINDOW_S = 0.1  # granularity of the quietest-moment search near a chunk boundary
 
@@ -206,16 +210,10 @@ def _shift(start: float, end: float, text: str, offset: float, limit: float) -> 
 
 
 def _api_key(options: TranscribeOptions) -> str:
-    if not options.api_key_env:
-        return "EMPTY"
-    key = os.environ.get(options.api_key_env, "")
-    if not key:
-        raise TranscriptionError(
-            f"environment variable {options.api_key_env} is not set: it must hold the API key "
-            f"for {options.openai_base_url or 'the OpenAI API'} "
-            "(use api_key_env='' for a local server that needs no key)"
-        )
-    return key
+    try:
+        return api_key_from_env(options.api_key_env, options.openai_base_url)
+    except MissingAPIKey as exc:
+        raise TranscriptionError(str(exc)) from exc
 
 
 def _upload(
@@ -236,10 +234,10 @@ def _upload(
         except openai.APIConnectionError as exc:
             reason = f"connection error: {exc.__cause__ or exc.message}"
         except openai.APIStatusError as exc:
-            reason = f"HTTP {exc.status_code}: {_error_message(exc)}"
-            if exc.status_code not in _RETRY_STATUSES and exc.status_code < 500:
+            reason = f"HTTP {exc.status_code}: {error_message(exc)}"
+            if not is_retryable_status(exc.status_code):
                 raise TranscriptionError(f"{name}: {reason} (not retried)") from exc
-            delay_s = _retry_after_s(exc.response.headers)
+            delay_s = retry_after_s(exc.response.headers)
         except (openai.APIResponseValidationError, ValueError):
             reason = "malformed response: body is not a verbose transcription"
         else:
@@ -248,9 +246,7 @@ def _upload(
             reason = f"malformed response: got {type(answer).__name__}, not verbose_json"
         log.debug("%s: attempt %d/%d failed: %s", name, attempt, options.max_attempts, reason)
         if attempt < options.max_attempts:
-            base = options.backoff_s * 2.0 ** (attempt - 1)
-            wait = max(base * (0.5 + random.random() / 2), delay_s)
-            time.sleep(min(wait, options.max_backoff_s))
+            time.sleep(backoff_s(attempt, options.backoff_s, options.max_backoff_s, delay_s))
     raise TranscriptionError(f"{name}: {reason} after {options.max_attempts} attempts")
 
 

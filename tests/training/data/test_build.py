@@ -292,3 +292,14 @@ def test_cli_build_and_demo_commands(tmp_path: Path) -> None:
 def _no_openai_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     yield
+
+
+def test_shipped_build_config_lists_every_key_with_its_default() -> None:
+    from lavia_live.config import load_settings
+    from lavia_live.resources import shipped_path
+
+    path = shipped_path("configs/data_build.yaml")
+    loaded = load_settings(PipelineSettings, files=[path], env={})
+    assert loaded.settings == PipelineSettings()
+    data_keys = {k for k, _, _ in loaded.rows() if k.startswith("data.")}
+    assert data_keys == {k for k in loaded.sources if k.startswith("data.")}
