@@ -23,6 +23,13 @@ class ExtractSettings(_Section):
     max_side: int = Field(448, ge=32, le=4096, description="longer side of written frames")
     jpeg_quality: int = Field(90, ge=10, le=100)
     min_frames: int = Field(8, ge=1, description="keep a last partial clip with this many")
+    clip_hop: int | None = Field(
+        None,
+        ge=1,
+        description="sampled frames between the ends of successive clips; null: clip_frames "
+        "(consecutive clips). Smaller values give overlapping clips ending every hop seconds, "
+        "including the short clips a live session starts with (min_frames_for_guidance).",
+    )
 
 
 class TranscribeSettings(_Section):

@@ -9,7 +9,7 @@ or failed video is redone on the next run; frames and transcripts already writte
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,28 +91,45 @@ def process_video(
     if transcribe:
         _transcribe(Path(path), info.has_audio, settings, store, outcome)
     spec: SamplingSpec = settings.sampling.spec()
+    hop = settings.data.extract.clip_hop or spec.clip_frames
+    options = extract_options(settings)
+    if hop < spec.clip_frames:  # windows are cut from all samples below, the tail included
+        options = replace(options, min_frames=1)
+    samples: list[tuple[float, str]] = []  # (timestamp, frame path) of every kept frame
     try:
-        for clip in iter_clips(path, spec, extract_options(settings)):
-            frames = []
+        for clip in iter_clips(path, spec, options):
+            first = len(samples)
             for k, jpeg in enumerate(clip.frames_jpeg):
-                frame_path = store.frame_path(digest, clip.index, k)
+                frame_path = store.frame_path(digest, clip.index * spec.clip_frames + k)
                 if not frame_path.exists():
                     atomic_write_bytes(frame_path, jpeg)
-                frames.append(store.relative(frame_path))
-            outcome.clips.append(
-                {
-                    "index": clip.index,
-                    "start_s": clip.start_s,
-                    "end_s": clip.end_s,
-                    "timestamps": list(clip.timestamps),
-                    "frames": frames,
-                }
-            )
+                samples.append((clip.timestamps[k], store.relative(frame_path)))
+            if hop == spec.clip_frames:
+                outcome.clips.append(_clip(clip.index, samples[first:], clip.start_s, clip.end_s))
     except MediaError as exc:
-        outcome.error = f"{exc} ({len(outcome.clips)} clip(s) before the error kept)"
-        return outcome.to_json()
-    store.write(store.video_path(digest), outcome.to_json())
+        outcome.error = str(exc)
+    if hop < spec.clip_frames:
+        first_end = settings.sampling.min_frames_for_guidance - 1
+        for index, end in enumerate(range(first_end, len(samples), hop)):
+            window = samples[max(0, end - spec.clip_frames + 1) : end + 1]
+            outcome.clips.append(
+                _clip(index, window, window[0][0], window[-1][0] + spec.interval_s)
+            )
+    if outcome.error:
+        outcome.error += f" ({len(outcome.clips)} clip(s) before the error kept)"
+    else:
+        store.write(store.video_path(digest), outcome.to_json())
     return outcome.to_json()
+
+
+def _clip(index: int, samples: list[tuple[float, str]], start: float, end: float) -> dict[str, Any]:
+    return {
+        "index": index,
+        "start_s": start,
+        "end_s": end,
+        "timestamps": [t for t, _ in samples],
+        "frames": [f for _, f in samples],
+    }
 
 
 def _transcribe(

@@ -4,7 +4,7 @@
 
     OUT/records.jsonl                 the dataset (assembled from records/ at the end)
     OUT/card.md, OUT/card.json        the dataset card
-    OUT/frames/<video>/<clip>_<k>.jpg clip frames
+    OUT/frames/<video>/<n>.jpg        the n-th sampled frame of a video
     OUT/work/videos/<video>.json      per-video stage result: clips and any decode error
     OUT/work/transcripts/<key>.json   transcripts, keyed by video content + options
     OUT/work/annotations/<key>.json   successful annotations, keyed by annotator + prompt
@@ -61,8 +61,9 @@ class BuildStore:
     def records_path(self) -> Path:
         return self.out / "records.jsonl"
 
-    def frame_path(self, video: str, clip: int, k: int) -> Path:
-        return self.out / "frames" / video[:16] / f"{clip:04d}_{k:02d}.jpg"
+    def frame_path(self, video: str, sample: int) -> Path:
+        """The ``sample``-th kept frame of a video (overlapping clips share the file)."""
+        return self.out / "frames" / video[:16] / f"{sample:05d}.jpg"
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.out).as_posix()

@@ -303,3 +303,21 @@ def test_shipped_build_config_lists_every_key_with_its_default() -> None:
     assert loaded.settings == PipelineSettings()
     data_keys = {k for k, _, _ in loaded.rows() if k.startswith("data.")}
     assert data_keys == {k for k in loaded.sources if k.startswith("data.")}
+
+
+def test_overlapping_clips_end_every_hop_and_share_frames(demo_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    s = PipelineSettings.model_validate(
+        {"data": {"annotate": {"annotator": "oracle"}, "extract": {"clip_hop": 3}}}
+    )
+    run(build_dataset([demo_dir / "demo_00008.mp4"], out, s))
+    records = read_records(out / "records.jsonl")
+    ends = [r.frame_timestamps[-1] for r in records if r.frame_timestamps]
+    assert len(records[0].image) == 4  # a live session's first guidance: min frames
+    assert all(len(r.image) <= 15 for r in records) and len(records[-1].image) == 15
+    assert all(b - a == pytest.approx(3.0) for a, b in zip(ends, ends[1:], strict=False))
+    samples = sorted((out / "frames").rglob("*.jpg"))
+    used = {p for r in records for p in r.image}
+    assert 0 <= len(samples) - len(used) < 3  # shared, not copied; the tail is within a hop
+    truth = load_truth(demo_dir / "demo_00008.mp4")
+    assert ends[-1] >= truth.duration_s - 4  # the tail is covered too
