@@ -6,6 +6,7 @@ Used by the dataset build's annotator and transcriber and by the live engine.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import os
 import random
@@ -70,6 +71,11 @@ def retry_after_s(headers: Any) -> float:
     except (TypeError, ValueError):
         return 0.0
     return max(0.0, when.timestamp() - time.time())
+
+
+def jpeg_data_url(jpeg: bytes) -> str:
+    """A frame as an image part's URL, as every OpenAI-compatible server accepts it."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 def backoff_s(attempt: int, base_s: float, cap_s: float, server_delay_s: float = 0.0) -> float:

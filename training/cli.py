@@ -22,6 +22,7 @@ from lavia_live.cli import add_config_options, load_config
 from lavia_live.contract.records import iter_records
 from lavia_live.contract.tasks import TaskLibrary
 from training.config import PipelineSettings
+from training.train.setup import TrainError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ _SETTING_FLAGS = {
     "concurrency": "data.annotate.max_concurrency",
     "transcribe": "data.transcribe.backend",
     "max_side": "data.extract.max_side",
+    "base_model": "train.model",
+    "output_dir": "train.output_dir",
+    "max_steps": "train.max_steps",
 }
 
 
@@ -108,11 +112,115 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from training.train.loop import Trainer
+    from training.train.setup import estimate_run
+
+    settings = _settings(args).train
+    if args.dry_run:
+        from training.train.data import RecordDataset, load_examples
+        from training.train.setup import prepare_model
+
+        loaded = prepare_model(settings)
+        dataset = RecordDataset(
+            load_examples(settings.train_records), loaded.processor, loaded.family
+        )
+        print(estimate_run(loaded.model, settings, dataset.approx_lengths()).table())
+        return 0
+    trainer = Trainer(settings, progress=args.progress)
+    if args.resume != "no":
+        resumed = trainer.resume(None if args.resume == "auto" else Path(args.resume))
+        if not resumed and args.resume != "auto":
+            raise TrainError(f"no complete checkpoint at {args.resume}")
+        if resumed:
+            print(f"resumed from step {trainer.state.step}")
+    result = trainer.train()
+    last = next((h for h in reversed(result.state.history) if "loss" in h), None)
+    summary = f"loss {last['loss']:.4f}, " if last else ""
+    print(
+        f"trained {result.state.step} steps ({summary}{result.state.samples} samples); "
+        f"model: {result.final_dir}"
+    )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from training.eval.report import write_report
+    from training.eval.run import evaluate, open_engine
+
+    settings = _settings(args)
+    engine = open_engine(
+        args.model, api_model=args.api_model, api_key_env=args.api_key_env, device=args.device
+    )
+    result = asyncio.run(
+        evaluate(
+            engine,
+            args.data,
+            library=TaskLibrary.load(settings.tasks.folder),
+            limit=args.limit,
+            concurrency=args.concurrency,
+            progress=args.progress,
+        )
+    )
+    write_report(result, Path(args.out))
+    t = result.totals
+    print(
+        f"{t.clips} clips: next-step {t.next_step_accuracy:.1%}, current-step "
+        f"{t.current_step_accuracy:.1%}, parse rate {t.parse_rate:.1%}, "
+        f"latency {t.latency_mean_s:.3f} s/clip; report: {Path(args.out) / 'report.md'}"
+    )
+    return 0
+
+
+def register_eval(sub: Any) -> None:
+    """Add ``lavia eval`` to the ``lavia`` command."""
+    p = sub.add_parser(
+        "eval",
+        help="score a model on held-out records (accuracy, mistakes, parse rate, latency)",
+        description="MODEL is a local checkpoint folder, an OpenAI-compatible endpoint URL "
+        "(e.g. http://127.0.0.1:30000/v1 for SGLang; give --api-model), or openai:MODEL "
+        "(e.g. openai:gpt-4o), so models are compared on the same clips and prompts.",
+    )
+    p.add_argument("--model", required=True, metavar="PATH_OR_ENDPOINT")
+    p.add_argument("--data", required=True, nargs="+", metavar="RECORDS", help="records.jsonl")
+    p.add_argument("--out", default="runs/eval", help="report folder (default runs/eval)")
+    p.add_argument("--api-model", help="model name at an endpoint URL")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="'' for a keyless server")
+    p.add_argument("--device", default="cpu", help="local model device (cpu, cuda, cuda:1)")
+    p.add_argument("--limit", type=int, help="only the first N clips")
+    p.add_argument("--concurrency", type=int, default=1, help="requests in flight (endpoints)")
+    _progress_options(p)
+    add_config_options(p)
+    p.set_defaults(func=_cmd_eval, settings_model=PipelineSettings)
+
+
 def _progress_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="progress bars (default: when stderr is a terminal)",
     )  # fmt: skip
+
+
+def register_train(sub: Any) -> None:
+    """Add ``lavia train`` to the ``lavia`` command."""
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a multimodal model on instruction records",
+        description="Video instruction tuning (Qwen2.5-VL or LLaVA-style checkpoints from a "
+        "local folder): LoRA, QLoRA or full fine-tuning through accelerate. Settings come from "
+        "--config files (configs/train_*.yaml); resumes from the latest checkpoint.",
+    )
+    p.add_argument("--model", dest="base_model", help="base model folder (train.model)")
+    p.add_argument("--output-dir", help="run folder (train.output_dir)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument(
+        "--resume", default="auto",
+        help="auto (latest checkpoint in the run folder, if any), no, or a checkpoint folder",
+    )  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="parameters, tokens, memory; no training")
+    _progress_options(p)
+    add_config_options(p)
+    p.set_defaults(func=_cmd_train, settings_model=PipelineSettings)
 
 
 def register(sub: Any) -> None:

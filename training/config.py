@@ -7,6 +7,7 @@ tasks and logging are the same objects on both sides) with the ``data`` section 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -62,5 +63,57 @@ class DataSettings(_Section):
     annotate: AnnotateSettings = AnnotateSettings()
 
 
+class TinyModelSettings(_Section):
+    """Shape of a from-scratch tiny Qwen2.5-VL (the embedded demo model's architecture)."""
+
+    hidden_size: int = Field(256, ge=64, multiple_of=64)
+    layers: int = Field(4, ge=1)
+    vision_hidden: int = Field(128, ge=64, multiple_of=64)
+    vision_depth: int = Field(2, ge=1)
+    image_pixels: int = Field(112 * 112, ge=28 * 28, description="frame size budget, pixels")
+    vocab_size: int = Field(2048, ge=512)
+
+
+class TrainSettings(_Section):
+    """``lavia train``: fine-tune a local checkpoint on instruction records."""
+
+    model: Path | None = Field(None, description="base model folder (Hugging Face format)")
+    init_tiny: bool = Field(
+        False,
+        description="when `model` does not exist, create it: a randomly initialised tiny "
+        "Qwen2.5-VL (shape in `tiny`) with a tokenizer trained on the tasks and records",
+    )
+    tiny: TinyModelSettings = TinyModelSettings()
+    train_records: list[Path] = Field(default_factory=list, description="records.jsonl files")
+    val_records: list[Path] = Field(default_factory=list, description="held-out records")
+    output_dir: Path = Path("runs/train")
+    method: Literal["lora", "qlora", "full"] = "lora"
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    freeze_vision: bool = True
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; wins over epochs")
+    batch_size: int = Field(1, ge=1, description="examples per device per micro-batch")
+    grad_accum: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 on a GPU that has it, else fp32"
+    )
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    save_every: int = Field(500, ge=1, description="optimizer steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+    merge_lora: bool = Field(True, description="save the final model with LoRA merged in")
+    num_workers: int = Field(0, ge=0, description="data-loading processes")
+
+
 class PipelineSettings(Settings):
     data: DataSettings = DataSettings()
+    train: TrainSettings = TrainSettings()

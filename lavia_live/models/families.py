@@ -32,6 +32,7 @@ from transformers import (
     Qwen2_5_VLProcessor,
 )
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging as hf_logging
 
 from lavia_live.contract.prompt import ImagePart, Prompt
 from lavia_live.errors import LaviaError
@@ -44,6 +45,10 @@ QWEN_END_OF_TURN = "<|im_end|>"
 _SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# Loading and saving print tqdm bars to stderr; lavia's output is quiet by default and its
+# own commands show the progress that matters.
+hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
 
 class ModelLoadError(LaviaError):
     """A model folder is missing, is not a supported family, or lacks its processor."""
@@ -53,7 +58,7 @@ class EncodingError(LaviaError):
     """A prompt cannot be encoded (wrong frame count, a chat template that breaks the prefix)."""
 
 
-class ImageQwen2_5_VLProcessor(Qwen2_5_VLProcessor):  # type: ignore[misc]
+class ImageQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
     """``Qwen2_5_VLProcessor`` without the video processor (which needs torchvision).
 
     ``ProcessorMixin`` finds a processor's parts from its ``__init__`` signature, so this one
@@ -68,12 +73,14 @@ class ImageQwen2_5_VLProcessor(Qwen2_5_VLProcessor):  # type: ignore[misc]
         self.video_token = getattr(tokenizer, "video_token", "<|video_pad|>")
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+        init: Any = ProcessorMixin.__init__  # untyped in transformers
+        init(self, image_processor, tokenizer, chat_template=chat_template)
 
 
 # Saved configs name the processor class; make them name the stock one.
 ImageQwen2_5_VLProcessor.__name__ = Qwen2_5_VLProcessor.__name__
 
+_auto_image_processor: Any = AutoImageProcessor  # its from_pretrained is untyped
 _MODEL_CLASSES: dict[Family, Any] = {
     "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration,
     "llava": LlavaForConditionalGeneration,
@@ -147,7 +154,7 @@ def load_processor(path: str | Path, family: Family | None = None) -> Any:
     try:
         processor_dict, kwargs = cls.get_processor_dict(str(path), local_files_only=True)
         parts = {
-            "image_processor": AutoImageProcessor.from_pretrained(
+            "image_processor": _auto_image_processor.from_pretrained(
                 str(path), local_files_only=True, backend="pil"
             ),
             "tokenizer": AutoTokenizer.from_pretrained(str(path), local_files_only=True),
@@ -162,26 +169,37 @@ def load_processor(path: str | Path, family: Family | None = None) -> Any:
 
 
 def load_model(
-    path: str | Path, *, device: str = "cpu", dtype: str = "auto", trainable: bool = False
+    path: str | Path,
+    *,
+    device: str = "cpu",
+    dtype: str = "auto",
+    trainable: bool = False,
+    quantization: Any = None,
 ) -> LoadedModel:
     """Load a local checkpoint of a supported family (never downloads anything).
 
     ``dtype`` is ``"auto"`` (the checkpoint's), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
-    The model is in eval mode unless ``trainable``.
+    ``quantization`` is a transformers quantization config (QLoRA's 4-bit). The model is in
+    eval mode unless ``trainable``.
     """
     path = Path(path)
     family = detect_family(path)
     if dtype != "auto" and dtype not in _DTYPES:
         raise ModelLoadError(f"{path}: unknown dtype {dtype!r} (auto, {', '.join(_DTYPES)})")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"{path}: device {device!r} asked for, but CUDA is not available")
     processor = load_processor(path, family)
     torch_dtype: Any = "auto" if dtype == "auto" else _DTYPES[dtype]
-    try:
+    try:  # device_map loads the weights straight onto the device
         model = _MODEL_CLASSES[family].from_pretrained(
-            str(path), local_files_only=True, dtype=torch_dtype
+            str(path),
+            local_files_only=True,
+            dtype=torch_dtype,
+            device_map=device,
+            quantization_config=quantization,
         )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path}: cannot load {family} model weights: {exc}") from exc
-    model.to(device)
     model.train(trainable)
     return LoadedModel(model=model, processor=processor, family=family, path=path)
 
@@ -202,9 +220,7 @@ def end_of_turn_id(processor: Any, family: Family) -> int:
 def _process(
     processor: Any, messages: list[dict[str, Any]], images: list[Image.Image], generation: bool
 ) -> dict[str, torch.Tensor]:
-    text = processor.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation
-    )
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
     batch = processor(text=[text], images=images or None, return_tensors="pt")
     return {key: value for key, value in batch.items() if isinstance(value, torch.Tensor)}
 
@@ -268,6 +284,40 @@ def labels_for(encoded: Encoded, ignore_index: int = -100) -> torch.Tensor:
     labels = encoded.input_ids.clone()
     labels[:, : encoded.answer_start] = ignore_index
     return labels
+
+
+def collate(
+    items: Sequence[Encoded], pad_token_id: int, ignore_index: int = -100
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A training batch from answer encodings: right-padded inputs and their labels.
+
+    Sequence tensors are padded (``pad_token_id``; mask and type ids 0; labels
+    ``ignore_index``); image tensors (``pixel_values``, ``image_grid_thw``) are concatenated
+    in sample order, which is how both families take several images.
+    """
+    if not items:
+        raise EncodingError("cannot collate an empty batch")
+    keys = items[0].inputs.keys()
+    if any(item.inputs.keys() != keys for item in items):
+        raise EncodingError("cannot collate encodings with different inputs (frames in some only?)")
+    length = max(item.input_ids.shape[1] for item in items)
+    batch: dict[str, torch.Tensor] = {}
+    for key in keys:
+        values = [item.inputs[key] for item in items]
+        if key in _SEQUENCE_KEYS:
+            fill = pad_token_id if key == "input_ids" else 0
+            batch[key] = torch.cat([_pad(value, length, fill) for value in values])
+        else:
+            batch[key] = torch.cat(values)
+    labels = torch.cat(
+        [_pad(labels_for(item, ignore_index), length, ignore_index) for item in items]
+    )
+    return batch, labels
+
+
+def _pad(value: torch.Tensor, length: int, fill: int) -> torch.Tensor:
+    pad = value.new_full((value.shape[0], length - value.shape[1]), fill)
+    return torch.cat([value, pad], dim=1)
 
 
 def _vision_prefix(family: Family) -> tuple[str, str]:

@@ -4,6 +4,7 @@ and a real OpenAI-protocol server on loopback."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -315,7 +316,7 @@ def test_overlapping_clips_end_every_hop_and_share_frames(demo_dir: Path, tmp_pa
     ends = [r.frame_timestamps[-1] for r in records if r.frame_timestamps]
     assert len(records[0].image) == 4  # a live session's first guidance: min frames
     assert all(len(r.image) <= 15 for r in records) and len(records[-1].image) == 15
-    assert all(b - a == pytest.approx(3.0) for a, b in zip(ends, ends[1:], strict=False))
+    assert all(b - a == pytest.approx(3.0) for a, b in itertools.pairwise(ends))
     samples = sorted((out / "frames").rglob("*.jpg"))
     used = {p for r in records for p in r.image}
     assert 0 <= len(samples) - len(used) < 3  # shared, not copied; the tail is within a hop

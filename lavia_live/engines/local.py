@@ -1,0 +1,106 @@
+"""Engine over a Hugging Face checkpoint in this process (CPU or GPU): the embedded demo
+model, or any local checkpoint of a supported family (Qwen2.5-VL, LLaVA-style).
+
+Inputs are encoded by :func:`lavia_live.models.families.encode`, the function training
+uses, so the model sees what it was trained on. Generation runs in a worker thread, one
+request at a time; text streams back as it is produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import TextIteratorStreamer
+
+from lavia_live.contract.prompt import Prompt
+from lavia_live.engines.base import EngineError, GenerationOptions
+from lavia_live.errors import LaviaError
+from lavia_live.models.families import LoadedModel, encode, end_of_turn_id, load_model
+
+_DONE = object()
+
+
+def decode_frames(frames_jpeg: Sequence[bytes]) -> list[Image.Image]:
+    images = []
+    for i, data in enumerate(frames_jpeg):
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                images.append(img.convert("RGB"))
+        except OSError as exc:
+            raise EngineError(f"frame {i} is not a decodable image: {exc}") from exc
+    return images
+
+
+class LocalEngine:
+    def __init__(self, path: str | Path, *, device: str = "cpu", dtype: str = "auto") -> None:
+        try:
+            self.loaded: LoadedModel = load_model(path, device=device, dtype=dtype)
+        except LaviaError as exc:
+            raise EngineError(str(exc)) from exc
+        self.name = f"local:{Path(path).name}"
+        self.device = device
+        self._lock = asyncio.Lock()
+
+    async def aclose(self) -> None:
+        return None
+
+    def _start(
+        self, prompt: Prompt, frames_jpeg: Sequence[bytes], options: GenerationOptions
+    ) -> tuple[TextIteratorStreamer, threading.Thread, list[Exception]]:
+        loaded = self.loaded
+        encoded = encode(loaded, loaded.family, prompt, decode_frames(frames_jpeg)).to(self.device)
+        tokenizer = loaded.processor.tokenizer
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling: dict[str, Any] = (
+            {"do_sample": True, "temperature": options.temperature}
+            if options.temperature > 0
+            else {"do_sample": False}
+        )
+        kwargs = dict(
+            encoded.inputs,
+            max_new_tokens=options.max_tokens,
+            eos_token_id=end_of_turn_id(loaded.processor, loaded.family),
+            pad_token_id=tokenizer.pad_token_id,
+            streamer=streamer,
+            **sampling,
+        )
+
+        errors: list[Exception] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    loaded.model.generate(**kwargs)
+            except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # OOM included
+                errors.append(exc)
+                streamer.end()  # type: ignore[no-untyped-call]  # wake the reader
+
+        thread = threading.Thread(target=run, name="lavia-local-generate", daemon=True)
+        thread.start()
+        return streamer, thread, errors
+
+    async def stream(
+        self, prompt: Prompt, frames_jpeg: Sequence[bytes], options: GenerationOptions
+    ) -> AsyncIterator[str]:
+        async with self._lock:
+            try:
+                streamer, thread, errors = await asyncio.to_thread(
+                    self._start, prompt, frames_jpeg, options
+                )
+            except LaviaError as exc:
+                raise EngineError(f"{self.name}: {exc}") from exc
+            try:
+                while (piece := await asyncio.to_thread(next, streamer, _DONE)) is not _DONE:
+                    if piece:
+                        yield str(piece)
+            finally:
+                await asyncio.to_thread(thread.join)
+            if errors:
+                raise EngineError(f"{self.name}: generation failed: {errors[0]}") from errors[0]

@@ -1,0 +1,168 @@
+"""`lavia train` for real: a tiny Qwen2.5-VL trained on records the pipeline built."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from lavia_live.contract.prompt import parse_llava_text
+from lavia_live.contract.records import read_records
+from lavia_live.models.families import encode, load_model
+from training.config import TrainSettings
+from training.train.data import LengthGroupedBatches, load_examples, load_frames
+from training.train.loop import STATE_FILE, Trainer
+from training.train.setup import TrainError
+
+
+def settings(tmp_path: Path, base: Path, records: Path, **kw: object) -> TrainSettings:
+    defaults: dict[str, object] = {
+        "model": base,
+        "train_records": [records],
+        "output_dir": tmp_path / "run",
+        "method": "full",
+        "max_steps": 8,
+        "batch_size": 2,
+        "learning_rate": 3e-3,
+        "warmup_ratio": 0.0,
+        "scheduler": "constant",
+        "log_every": 1,
+        "save_every": 4,
+    }
+    return TrainSettings.model_validate(defaults | kw)
+
+
+def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_full_training_lowers_loss_and_moves_only_trainable_weights(
+    tmp_path: Path, tiny_base: Path, demo_records: Path
+) -> None:
+    trainer = Trainer(settings(tmp_path, tiny_base, demo_records, max_steps=12), progress=False)
+    before = params(trainer.model)
+    result = trainer.train()
+    after = params(trainer.model)
+    losses = [h["loss"] for h in result.state.history if "loss" in h]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
+    frozen = [n for n, p in trainer.model.named_parameters() if not p.requires_grad]
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert frozen and all(n.startswith("model.visual.") for n in frozen)
+    assert not any(n.startswith("model.visual.merger.") for n in frozen)
+    assert all(torch.equal(before[n], after[n]) for n in frozen)
+    changed = [n for n in trainable if not torch.equal(before[n], after[n])]
+    assert len(changed) == len(trainable)
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 12 and '"tokens_per_s"' in metrics[0]
+
+
+def test_saved_checkpoint_gives_identical_logits(
+    tmp_path: Path, tiny_base: Path, demo_records: Path
+) -> None:
+    trainer = Trainer(settings(tmp_path, tiny_base, demo_records, max_steps=2), progress=False)
+    result = trainer.train()
+    record = read_records(demo_records)[0]
+    example = load_examples([demo_records])[0]
+    prompt = parse_llava_text(record.prompt_text)
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    inputs = encode(trainer.loaded, trainer.loaded.family, prompt, load_frames(example)).inputs
+    reloaded = load_model(result.final_dir)
+    again = encode(reloaded, reloaded.family, prompt, load_frames(example)).inputs
+    with torch.no_grad():
+        a = model(**inputs).logits
+        b = reloaded.model(**again).logits
+    assert all(torch.equal(inputs[k], again[k]) for k in inputs)  # processor saved too
+    assert torch.equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_lora_trains_adapters_and_merges_on_save(
+    tmp_path: Path, tiny_base: Path, demo_records: Path
+) -> None:
+    s = settings(tmp_path, tiny_base, demo_records, method="lora", lora_r=4, max_steps=3)
+    trainer = Trainer(s, progress=False)
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or ".merger." in n for n in trainable)
+    result = trainer.train()
+    base = load_file(str(tiny_base / "model.safetensors"))
+    merged = load_file(str(result.final_dir / "model.safetensors"))
+    assert set(merged) == set(base)  # a plain checkpoint: LoRA merged in, no adapter keys
+    changed = {k for k in base if not torch.equal(base[k], merged[k])}
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    # saved in the published Qwen2.5-VL layout (model.layers.*, visual.*), as SGLang reads it
+    llm = {k for k in base if k.startswith("model.layers.") and k.split(".")[-2] in targets}
+    llm = {k for k in llm if k.endswith(".weight")}
+    assert llm and llm <= changed  # every adapted LLM linear moved
+    assert any(k.startswith("visual.merger.") for k in changed)  # the projector trains fully
+    assert not any(k.startswith("visual.blocks.") for k in changed)  # vision frozen
+    assert not any("embed_tokens" in k for k in changed)
+    load_model(result.final_dir)
+
+
+def test_length_grouped_batches_are_fixed_by_seed_and_epoch() -> None:
+    lengths = [5, 300, 20, 290, 7, 310, 15, 305] * 10
+    sampler = LengthGroupedBatches(lengths, 4, seed=3)
+    assert sampler.epoch(0) == sampler.epoch(0)
+    assert sampler.epoch(0) != sampler.epoch(1)
+    batches = sampler.epoch(0)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
+    assert sum(spread) / len(spread) < 100  # similar lengths together
+    assert list(sampler.iter_from(0, 5)) == batches[5:]
+
+
+def test_killed_run_resumes_at_its_checkpoint_with_the_same_data_order(
+    tmp_path: Path, tiny_base: Path, demo_records: Path
+) -> None:
+    """kill -9 once a checkpoint exists; the rerun ends with the uninterrupted weights."""
+    steps = 40
+    straight = Trainer(
+        settings(tmp_path / "a", tiny_base, demo_records, max_steps=steps), progress=False
+    )
+    straight_result = straight.train()
+    config = tmp_path / "b.yaml"
+    s = settings(tmp_path / "b", tiny_base, demo_records, max_steps=steps)
+    config.write_text(yaml.safe_dump({"train": s.model_dump(mode="json")}))
+    cmd = [sys.executable, "-m", "lavia_live.cli", "train", "-c", str(config), "--no-progress"]
+    proc = subprocess.Popen(cmd)
+    checkpoints = tmp_path / "b" / "run" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if list(checkpoints.glob(f"step-*/{STATE_FILE}")):
+            proc.kill()  # SIGKILL mid-run
+            break
+        time.sleep(0.02)  # polling the file system, not synchronising on time
+    proc.wait()
+    assert not (tmp_path / "b" / "run" / "final").exists(), "the run ended before the kill"
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from step" in done.stdout and f"trained {steps} steps" in done.stdout
+    a = load_file(str(straight_result.final_dir / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "run" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_dry_run_and_bad_settings(tmp_path: Path, tiny_base: Path, demo_records: Path) -> None:
+    config = tmp_path / "t.yaml"
+    s = settings(tmp_path, tiny_base, demo_records, method="lora")
+    config.write_text(yaml.safe_dump({"train": s.model_dump(mode="json")}))
+    base = [sys.executable, "-m", "lavia_live.cli", "train", "-c", str(config)]
+    done = subprocess.run([*base, "--dry-run"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "trainable" in done.stdout and "tokens per example" in done.stdout
+    assert not (tmp_path / "run").exists()
+    done = subprocess.run(
+        [*base, "--set", "train.method=qlora"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2 and "QLoRA needs a CUDA GPU" in done.stderr
+    with pytest.raises(TrainError, match="no base model"):
+        Trainer(TrainSettings(train_records=[demo_records]))

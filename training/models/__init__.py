@@ -1,0 +1,1 @@
+"""Model building for training: tiny models of real architectures, built offline."""

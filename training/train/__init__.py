@@ -1,0 +1,1 @@
+"""`lavia train`: video instruction tuning with accelerate (LoRA, QLoRA or full)."""
