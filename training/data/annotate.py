@@ -11,7 +11,6 @@ invalid answers) are done here so that every attempt is counted and billed token
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import math
@@ -33,6 +32,7 @@ from lavia_live.openai_compat import (
     backoff_s,
     error_message,
     is_retryable_status,
+    jpeg_data_url,
     retry_after_s,
 )
 
@@ -108,10 +108,6 @@ class Annotator(Protocol):
     async def annotate(self, request: AnnotationRequest) -> AnnotationResult: ...
 
     async def aclose(self) -> None: ...
-
-
-def jpeg_data_url(jpeg: bytes) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 def estimate_prompt_tokens(prompt: Prompt, n_images: int, detail: str = "low") -> int:
@@ -349,5 +345,4 @@ __all__ = [
     "AnnotatorOptions",
     "OpenAIAnnotator",
     "estimate_prompt_tokens",
-    "jpeg_data_url",
 ]
