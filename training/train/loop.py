@@ -186,6 +186,9 @@ class Trainer:
                         "lr": float(self.scheduler.get_last_lr()[0]),
                         "samples_per_s": (self.state.samples - samples0) / elapsed,
                         "tokens_per_s": (self.state.tokens - tokens0) / elapsed,
+                        "samples": self.state.samples,
+                        "tokens": self.state.tokens,
+                        "elapsed_s": elapsed,
                     }
                     window.clear()
                     self._log(entry, bar)
