@@ -166,3 +166,20 @@ def test_dry_run_and_bad_settings(tmp_path: Path, tiny_base: Path, demo_records:
     assert done.returncode == 2 and "QLoRA needs a CUDA GPU" in done.stderr
     with pytest.raises(TrainError, match="no base model"):
         Trainer(TrainSettings(train_records=[demo_records]))
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_llava_family_trains_with_lora(tmp_path: Path, demo_records: Path) -> None:
+    from lavia_live.contract.tasks import TaskLibrary
+    from training.models.tiny import build_tiny_llava, task_corpus
+
+    base = build_tiny_llava(tmp_path / "llava", task_corpus(TaskLibrary.load().values()))
+    s = settings(tmp_path, base, demo_records, method="lora", lora_r=4, max_steps=3)
+    trainer = Trainer(s, progress=False)
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert any("multi_modal_projector" in n for n in trainable)
+    assert not any("vision_tower" in n for n in trainable)
+    result = trainer.train()
+    losses = [h["loss"] for h in result.state.history if "loss" in h]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert load_model(result.final_dir).family == "llava"
