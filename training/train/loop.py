@@ -148,8 +148,10 @@ class Trainer:
             initial=self.state.step,
             desc="train",
             unit="step",
+            # None: on when stderr is a terminal; never on other ranks than the first
             disable=(None if self.progress is None else not self.progress)
-            or not self.accelerator.is_local_main_process,
+            if self.accelerator.is_local_main_process
+            else True,
             dynamic_ncols=True,
         )
         self.model.train()
