@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +151,8 @@ class _Build:
         clips = self._bar("annotate", "clip", 0)
         pending: list[asyncio.Task[None]] = []
         try:
-            for outcome_json, (i, item, _) in self._video_stage(work, settings_json, out):
-                outcome = VideoOutcome.from_json(await outcome_json)
+            for start, (i, item, _) in self._video_stage(work, settings_json, out):
+                outcome = VideoOutcome.from_json(await start())
                 videos.update()
                 pending.extend(self._after_video(i, item, outcome, clips))
             await asyncio.gather(*pending)
@@ -163,18 +164,16 @@ class _Build:
 
     def _video_stage(
         self, work: list[tuple[int, VideoItem, str]], settings_json: dict[str, Any], out: str
-    ) -> list[tuple[Awaitable[dict[str, Any]], tuple[int, VideoItem, str]]]:
-        def needs_transcript(item: VideoItem) -> bool:
-            return item.guideline is None
+    ) -> list[tuple[Callable[[], Awaitable[dict[str, Any]]], tuple[int, VideoItem, str]]]:
+        """Per video, a function that starts (locally: one video at a time, in a worker
+        thread) or collects (Ray: all submitted at once) its stage result."""
+
+        def args(it: VideoItem, digest: str) -> tuple[str, str, dict[str, Any], str, bool]:
+            return str(it.path), digest, settings_json, out, it.guideline is None
 
         if not self.use_ray:
             return [
-                (
-                    asyncio.to_thread(
-                        process_video, str(it.path), d, settings_json, out, needs_transcript(it)
-                    ),
-                    (i, it, d),
-                )
+                (partial(asyncio.to_thread, process_video, *args(it, d)), (i, it, d))
                 for i, it, d in work
             ]
         try:
@@ -184,15 +183,7 @@ class _Build:
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
         remote = ray.remote(process_video)
-        return [
-            (
-                _awaitable(
-                    remote.remote(str(it.path), d, settings_json, out, needs_transcript(it))
-                ),
-                (i, it, d),
-            )
-            for i, it, d in work
-        ]
+        return [(partial(_awaitable, remote.remote(*args(it, d))), (i, it, d)) for i, it, d in work]
 
     def _after_video(
         self, i: int, item: VideoItem, outcome: VideoOutcome, bar: tqdm[Any]
@@ -204,7 +195,8 @@ class _Build:
             self.report.notes.append(Failure(where, "transcribe", note))
         if outcome.error and not outcome.clips:
             return []
-        self.report.videos_done += 0 if outcome.error else 1
+        if not outcome.error:
+            self.report.videos_done += 1
         self.report.seconds += outcome.duration_s
         self.report.transcription_usd += outcome.transcription_cost_usd
         transcript: Transcript | None = None

@@ -6,25 +6,45 @@ variable-frame-rate files and timestamp oddities are handled the same way on bot
 For a constant-rate file the kept frames are those of :func:`plan_clips` (one per second of
 real time; clip ``k`` is kept samples ``[15k, 15k + 15)``).
 
-Each file is decoded once, in FFmpeg's threads. Only kept frames are converted: one swscale
-pass resizes and converts to RGB, then Pillow encodes the JPEG. :func:`iter_clips` is a
-generator holding one clip's JPEGs at a time, so memory stays bounded for long 4K files.
+Each file is decoded once (and demuxed twice), in FFmpeg's threads. Only kept frames are
+converted: one swscale pass resizes and converts to RGB, then Pillow encodes the JPEG.
+:func:`iter_clips` is a generator holding one clip's JPEGs at a time, so memory stays
+bounded for long 4K files.
+
+Skipping pictures nobody needs. In H.264 and HEVC with B-frames, some pictures (most
+B-frames) are non-reference: no other picture is predicted from them, so a decoder that
+never sees one decodes every other picture to exactly the same pixels. Before decoding, the
+file's packets are demuxed once without decoding (cheap) to collect every frame's pts; in
+presentation order they go through the same :class:`TimestampSampler`, which gives exactly
+the frames the decode-everything path keeps. The decoding pass then withholds the packets
+of non-reference pictures that are not kept (the NAL unit headers say which: H.264
+``nal_ref_idc == 0``; HEVC sub-layer non-reference types in the highest temporal layer).
+The frames not decoded are still offered to the sampler, in presentation order, so every
+decision and timestamp is the decode-everything path's. Anything this does not cover
+(Annex B streams, other codecs, packets without pts, timestamps that are not a bounded
+reordering of presentation order, edit lists that drop frames, a stream not starting at an
+IDR picture, a malformed packet) decodes every frame, as before.
 """
 
 from __future__ import annotations
 
+import heapq
 import io
 import itertools
 import logging
 import math
 import statistics
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import av
 from av.container import InputContainer
+from av.packet import Packet
 from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 from PIL import Image
@@ -42,6 +62,11 @@ _ROTATIONS = {
     180: Image.Transpose.ROTATE_180,
     270: Image.Transpose.ROTATE_270,
 }
+# The scan for skippable pictures gives up (decoding everything) after this many packets
+# without one: a stream without B-frames has none, and reading it all would be wasted.
+_SCAN_GIVE_UP = 600
+# Reorder depth assumed when PyAV does not say (H.264's and HEVC's largest picture buffer).
+_MAX_REORDER = 16
 
 
 @dataclass(frozen=True)
@@ -49,6 +74,9 @@ class ExtractOptions:
     max_side: int = 448  # resize so the longer side is at most this (keep aspect, even dims)
     jpeg_quality: int = 90
     min_frames: int = 8  # keep the last partial clip when it has at least this many frames
+    # FFmpeg decoder threads; 0 lets FFmpeg use every core. A build that decodes one video
+    # per core in parallel does better with 1 (frame threading costs 15-20% extra CPU).
+    decode_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.max_side < 2:
@@ -57,6 +85,8 @@ class ExtractOptions:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.min_frames < 1:
             raise ValueError(f"min_frames must be >= 1, got {self.min_frames}")
+        if self.decode_threads < 0:
+            raise ValueError(f"decode_threads must be >= 0, got {self.decode_threads}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +108,21 @@ class ExtractedClip:
     end_s: float  # ... up to the next clip's first kept frame (or the end of the video)
     timestamps: tuple[float, ...]  # of the kept frames, seconds from the file start
     frames_jpeg: tuple[bytes, ...]  # oldest first
+
+
+@dataclass
+class DecodeStats:
+    """What one :func:`iter_clips` run read and decoded, filled in as it goes."""
+
+    packets: int = 0  # video packets read from the file
+    packets_decoded: int = 0  # of those, sent to the decoder (the others: skipped pictures)
+    frames_decoded: int = 0
+    frames_kept: int = 0
+    clips: int = 0
+    skipping: bool = False  # whether non-reference pictures not kept were skipped
+    why_not_skipping: str = ""  # when not: why every packet had to be decoded
+    elapsed_s: float = 0.0
+    irregular: int = 0  # decoded frames out of the packets' presentation order (see log)
 
 
 def scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -130,25 +175,50 @@ def count_clips(
 
 
 def iter_clips(
-    path: str | Path, spec: SamplingSpec | None = None, options: ExtractOptions | None = None
+    path: str | Path,
+    spec: SamplingSpec | None = None,
+    options: ExtractOptions | None = None,
+    *,
+    stats: DecodeStats | None = None,
 ) -> Iterator[ExtractedClip]:
     """Decode ``path`` once and yield its clips in order (errors surface on iteration).
+
+    Non-reference pictures that are not kept are not decoded (see the module docstring);
+    ``stats``, when given, is filled in with what was read and decoded.
 
     A decoding error part-way raises :class:`MediaError` naming the file and the time
     reached, after the clips completed before it have been yielded.
     """
+    return _iter_clips(path, spec, options, stats=stats, skip_disposable=True)
+
+
+def _iter_clips(
+    path: str | Path,
+    spec: SamplingSpec | None,
+    options: ExtractOptions | None,
+    *,
+    stats: DecodeStats | None,
+    skip_disposable: bool,
+) -> Iterator[ExtractedClip]:
+    """:func:`iter_clips`; ``skip_disposable=False`` decodes every frame (for comparison)."""
     spec = spec or SamplingSpec()
     options = options or ExtractOptions()
     p = _check_file(path)
     with _open(p) as container:
-        yield from _ClipCutter(container, p, spec, options).run()
+        cutter = _ClipCutter(container, p, spec, options, stats or DecodeStats())
+        yield from cutter.run(skip_disposable)
 
 
 class _ClipCutter:
     """One pass over one file: sample, convert and group frames into clips."""
 
     def __init__(
-        self, container: InputContainer, path: Path, spec: SamplingSpec, options: ExtractOptions
+        self,
+        container: InputContainer,
+        path: Path,
+        spec: SamplingSpec,
+        options: ExtractOptions,
+        stats: DecodeStats,
     ) -> None:
         self.container = container
         self.path = path
@@ -164,12 +234,21 @@ class _ClipCutter:
         self.index = 0
         self.times: list[float] = []
         self.jpegs: list[bytes] = []
+        self.stats = stats
+        # Skipping: the next entry of the plan's presentation order not yet offered, and the
+        # pts of skipped packets whose frames have not been offered yet (a reorder window).
+        self.at = 0
+        self.skipped: set[int] = set()
 
-    def run(self) -> Iterator[ExtractedClip]:
+    def run(self, skip_disposable: bool) -> Iterator[ExtractedClip]:
+        started = time.perf_counter()
+        plan, why_not = None, "disabled"
+        if skip_disposable:
+            plan, why_not = _plan_skipping(self.path, self.stream, self.spec)
+        self.stats.skipping, self.stats.why_not_skipping = plan is not None, why_not
         self.stream.thread_type = "AUTO"
-        self.stream.codec_context.thread_count = 0  # one per core
-        started, decoded, kept = time.perf_counter(), 0, 0
-        frames = self.container.decode(self.stream)
+        self.stream.codec_context.thread_count = self.options.decode_threads
+        frames = self._decode(plan)
         while True:
             try:
                 frame = next(frames)
@@ -178,11 +257,11 @@ class _ClipCutter:
             except av.FFmpegError as exc:
                 yield from self._flush_full(self.reached)
                 raise self._error("decoding failed", exc) from exc
-            decoded += 1
-            t = self._offer(frame)
+            self.stats.frames_decoded += 1
+            t = self._offer(frame) if plan is None else self._offer_in_order(frame, plan)
             if t is None:
                 continue
-            kept += 1
+            self.stats.frames_kept += 1
             if len(self.times) == self.spec.clip_frames:
                 yield self._emit(end_s=t)
             try:
@@ -190,19 +269,81 @@ class _ClipCutter:
             except av.FFmpegError as exc:
                 raise self._error("converting a frame failed", exc) from exc
             self.times.append(t)
-        if decoded == 0:
+        if self.stats.frames_decoded == 0:
             raise MediaError(f"{self.path}: no decodable video frames")
+        if plan is not None:  # frames shown after the last decoded one
+            while self.at < len(plan.order):
+                self._pass(plan)
         if len(self.times) >= min(self.options.min_frames, self.spec.clip_frames):
             yield self._emit(end_s=self.reached + self.period)
-        elapsed = time.perf_counter() - started
+        self.stats.elapsed_s = time.perf_counter() - started
+        if self.stats.irregular > 1:
+            logger.warning("%s: %d irregular frames in all", self.path, self.stats.irregular)
         logger.info(
-            "%s: %d frames decoded, %d kept, %d clips in %.1f s",
-            *(self.path, decoded, kept, self.index, elapsed),
+            "%s: %d of %d packets decoded (%s), %d frames kept, %d clips in %.1f s",
+            self.path,
+            self.stats.packets_decoded,
+            self.stats.packets,
+            "non-reference pictures skipped" if plan else f"all: {why_not}",
+            self.stats.frames_kept,
+            self.index,
+            self.stats.elapsed_s,
         )
+
+    def _decode(self, plan: _SkipPlan | None) -> Iterator[VideoFrame]:
+        """The decoded frames, in output order; with a plan, its skippable packets unsent."""
+        for packet in self.container.demux(self.stream):
+            if packet.size:  # (the last, empty packet flushes the decoder)
+                self.stats.packets += 1
+                if plan is not None and plan.skippable(packet):
+                    assert packet.pts is not None  # (a plan has checked every packet)
+                    self.skipped.add(packet.pts)
+                    continue
+                self.stats.packets_decoded += 1
+            for frame in packet.decode():
+                if isinstance(frame, VideoFrame):
+                    yield frame
+
+    def _offer_in_order(self, frame: VideoFrame, plan: _SkipPlan) -> float | None:
+        """:meth:`_offer` when skipping: first the frames shown before this one that were
+        not decoded, as the decode-everything path would have offered them, then this one."""
+        pts = frame.pts
+        if pts is None or frame.time_base != plan.time_base:
+            self._irregular(f"a frame without the stream's timestamps ({pts}, {frame.time_base})")
+            return None
+        order = plan.order
+        while self.at < len(order) and order[self.at] < pts:
+            self._pass(plan)
+        if self.at == len(order) or order[self.at] != pts:
+            self._irregular(f"the frame at pts {pts} came out of presentation order")
+            return None
+        self.at += 1
+        return self._offer_pts(pts, plan.time_base)
+
+    def _pass(self, plan: _SkipPlan) -> None:
+        """Offer the next frame in presentation order, which was not decoded. The sampler
+        sees exactly ``plan.order``, as when the plan was made, so it does not keep it
+        (unless the decoder lost a kept frame: irregular)."""
+        pts = plan.order[self.at]
+        self.at += 1
+        if pts in self.skipped:
+            self.skipped.remove(pts)
+        else:
+            self._irregular(f"no frame came out of the decoder for pts {pts}")
+        self._offer_pts(pts, plan.time_base)
+
+    def _irregular(self, what: str) -> None:
+        self.stats.irregular += 1
+        if self.stats.irregular == 1:
+            logger.warning(
+                "%s: %s; the frames kept may differ from those of a full decode", self.path, what
+            )
 
     def _offer(self, frame: VideoFrame) -> float | None:
         """Feed one frame's timestamp to the sampler; its file time if it is kept."""
-        pts, time_base = frame.pts, frame.time_base
+        return self._offer_pts(frame.pts, frame.time_base)
+
+    def _offer_pts(self, pts: int | None, time_base: Fraction | None) -> float | None:
         if pts is not None and time_base is not None:
             raw = float(pts * time_base)
             session = self.sampler.offer(pts, time_base)
@@ -228,7 +369,9 @@ class _ClipCutter:
         out_w, out_h = scaled_size(round(disp_w), round(disp_h), self.options.max_side)
         if turn in (90, 270):
             out_w, out_h = out_h, out_w
-        image = frame.reformat(width=out_w, height=out_h, format="rgb24").to_image()
+        # threads=1: a new swscale context per call; its own thread pool would cost more.
+        rgb = frame.reformat(width=out_w, height=out_h, format="rgb24", threads=1)
+        image = rgb.to_image()
         if turn in _ROTATIONS:
             image = image.transpose(_ROTATIONS[turn])
         buffer = io.BytesIO()
@@ -245,6 +388,7 @@ class _ClipCutter:
         )
         logger.debug("%s: clip %d, %.2f-%.2f s", self.path, clip.index, clip.start_s, end_s)
         self.index += 1
+        self.stats.clips = self.index
         self.times, self.jpegs = [], []
         return clip
 
@@ -323,3 +467,219 @@ def _looks_variable(container: InputContainer, stream: VideoStream, p: Path) -> 
     typical = statistics.median(gaps)
     tolerance = max(1.5, 0.05 * typical)  # timestamp rounding: a tick or a few percent
     return any(abs(g - typical) > tolerance for g in gaps)
+
+
+# --------------------------------------------------------------------------- skipping
+
+
+class _Picture(NamedTuple):
+    """What the NAL unit headers of one packet say about its picture."""
+
+    disposable: bool  # no later picture of its temporal layer is predicted from it
+    layer: int  # temporal sub-layer (HEVC TemporalId; 0 in H.264)
+    idr: bool  # an IDR picture: decoding can start here
+
+
+def _nal_headers(data: memoryview, length_size: int, header_size: int) -> list[bytes] | None:
+    """The header of each NAL unit of a length-prefixed packet; None when malformed."""
+    headers: list[bytes] = []
+    at, end = 0, len(data)
+    while at < end:
+        start = at + length_size
+        size = int.from_bytes(data[at:start], "big")
+        if size < header_size or start + size > end:
+            return None
+        headers.append(bytes(data[start : start + header_size]))
+        at = start + size
+    return headers
+
+
+# H.264 NAL unit types: slice of a non-IDR / IDR picture, and those that carry nothing a
+# later picture needs (SEI, access unit delimiter, filler). Any other type (parameter sets,
+# data partitions, extensions) makes the packet one to decode.
+_H264_SLICE, _H264_IDR = 1, 5
+_H264_INERT = frozenset({6, 9, 12})
+
+
+def _h264_picture(headers: Sequence[bytes]) -> _Picture | None:
+    slices: list[tuple[int, int]] = []  # (nal_unit_type, nal_ref_idc)
+    inert = True
+    for (byte,) in headers:
+        if byte & 0x80:  # forbidden_zero_bit
+            return None
+        kind = byte & 0x1F
+        if kind in (_H264_SLICE, _H264_IDR):
+            slices.append((kind, (byte >> 5) & 3))
+        elif kind not in _H264_INERT:
+            inert = False
+    if not slices:
+        return None
+    disposable = inert and all(kind == _H264_SLICE and ref == 0 for kind, ref in slices)
+    return _Picture(disposable, 0, any(kind == _H264_IDR for kind, _ in slices))
+
+
+# HEVC: sub-layer non-reference picture types (TRAIL_N, TSA_N, STSA_N, RADL_N, RASL_N and
+# the reserved RSV_VCL_N10/12/14), IDR types, and inert non-VCL types (access unit
+# delimiter, filler, prefix and suffix SEI).
+_HEVC_SUBLAYER_NONREF = frozenset({0, 2, 4, 6, 8, 10, 12, 14})
+_HEVC_IDR = frozenset({19, 20})
+_HEVC_INERT = frozenset({35, 38, 39, 40})
+
+
+def _hevc_picture(headers: Sequence[bytes]) -> _Picture | None:
+    kinds: list[int] = []
+    layers: set[int] = set()
+    inert = True
+    for first, second in headers:
+        if first & 0x80 or (first & 1) or (second >> 3):  # forbidden bit, nuh_layer_id > 0
+            return None
+        kind, temporal_id = (first >> 1) & 0x3F, (second & 7) - 1
+        if temporal_id < 0:
+            return None
+        if kind < 32:  # a slice
+            kinds.append(kind)
+            layers.add(temporal_id)
+        elif kind not in _HEVC_INERT:
+            inert = False
+    if not kinds or len(layers) != 1:
+        return None
+    disposable = inert and all(kind in _HEVC_SUBLAYER_NONREF for kind in kinds)
+    return _Picture(disposable, layers.pop(), any(kind in _HEVC_IDR for kind in kinds))
+
+
+class _Syntax(NamedTuple):
+    """How to read one codec's length-prefixed NAL units (AVCC / hvcC in mp4, mkv, mov)."""
+
+    header_size: int  # bytes of a NAL unit header
+    length_byte: int  # byte of the decoder configuration record holding lengthSizeMinusOne
+    picture: Callable[[Sequence[bytes]], _Picture | None]
+
+
+_SYNTAXES = {"h264": _Syntax(1, 4, _h264_picture), "hevc": _Syntax(2, 21, _hevc_picture)}
+
+
+@dataclass(frozen=True)
+class _SkipPlan:
+    """Which packets the decoder need not see: disposable pictures the sampler drops.
+
+    Only the bitstream says what is disposable: the NAL unit headers the decoder itself
+    goes by. The container's flag (PyAV's ``Packet.is_disposable``, FFmpeg's
+    AV_PKT_FLAG_DISPOSABLE, which the mov demuxer takes from an ``sdtp`` box) is not used:
+    files written by FFmpeg and x264 leave it unset, and a wrong one would change the
+    pixels of later frames without a word."""
+
+    syntax: _Syntax
+    length_size: int
+    top_layer: int  # the highest temporal layer: its disposable pictures are never used
+    time_base: Fraction
+    order: array[int]  # every frame's pts in presentation order (8 bytes a frame)
+    keep: frozenset[int] = field(repr=False)  # pts of the frames the sampler keeps
+
+    def skippable(self, packet: Packet[Any]) -> bool:
+        if packet.pts is None or packet.pts in self.keep:
+            return False
+        picture = _read_picture(packet, self.syntax, self.length_size)
+        return picture is not None and picture.disposable and picture.layer == self.top_layer
+
+
+def _read_picture(packet: Packet[Any], syntax: _Syntax, length_size: int) -> _Picture | None:
+    headers = _nal_headers(memoryview(packet), length_size, syntax.header_size)
+    return None if headers is None else syntax.picture(headers)
+
+
+def _plan_skipping(
+    path: Path, stream: VideoStream, spec: SamplingSpec
+) -> tuple[_SkipPlan | None, str]:
+    """Demux (no decoding) the stream's packets into a :class:`_SkipPlan`: the sampler run
+    over every pts in presentation order. ``(None, why)`` when every frame must be decoded.
+    """
+    codec = stream.codec_context
+    syntax = _SYNTAXES.get(codec.name)
+    if syntax is None:
+        return None, f"codec {codec.name} (only H.264 and HEVC pictures are skipped)"
+    config = codec.extradata or b""
+    if len(config) <= syntax.length_byte or config[0] != 1:
+        return None, "NAL units not length-prefixed (Annex B)"
+    length_size = (config[syntax.length_byte] & 3) + 1
+    if length_size == 3 or stream.time_base is None:
+        return None, "invalid NAL length size" if length_size == 3 else "no time base"
+    depth = getattr(codec, "reorder_depth", None)  # the decoder's has_b_frames (newer PyAV)
+    depth = depth if isinstance(depth, int) else _MAX_REORDER
+    scanned = _scan(path, stream.index, syntax, length_size, depth)
+    if isinstance(scanned, str):
+        return None, scanned
+    order, top_layer = scanned
+    sampler = TimestampSampler(spec)
+    keep = frozenset(pts for pts in order if sampler.offer(pts, stream.time_base) is not None)
+    return _SkipPlan(syntax, length_size, top_layer, stream.time_base, order, keep), ""
+
+
+def _scan(
+    path: Path, index: int, syntax: _Syntax, length_size: int, depth: int
+) -> tuple[array[int], int] | str:
+    """Every pts in presentation order and the top temporal layer, by demuxing stream
+    ``index`` of ``path`` without decoding; or what rules skipping out.
+
+    The pts go through a reorder buffer of the decoder's depth, as the decoded frames do:
+    they must come out strictly increasing (else timestamps jump back, repeat, or are
+    reordered further than the decoder will, and its output order is not theirs)."""
+    buffer = _ReorderBuffer(depth)
+    top_layer, disposable, packets = 0, False, 0
+    try:
+        with _open(path) as container:
+            for packet in container.demux(container.streams[index]):
+                if not packet.size:
+                    continue
+                packets += 1
+                if packet.pts is None:
+                    return "a packet without pts"
+                if getattr(packet, "is_discard", False):
+                    return "the container drops some frames (edit list)"
+                picture = _read_picture(packet, syntax, length_size)
+                if picture is None:
+                    return f"packet {packets} is not a picture's length-prefixed NAL units"
+                if packets == 1 and not picture.idr:
+                    return "the stream does not start with an IDR picture"
+                top_layer = max(top_layer, picture.layer)
+                disposable = disposable or picture.disposable
+                if not disposable and packets >= _SCAN_GIVE_UP:
+                    return f"no non-reference pictures in the first {packets} packets"
+                if not buffer.push(packet.pts):
+                    return _OUT_OF_ORDER
+    except (av.FFmpegError, MediaError) as exc:
+        return f"demuxing failed: {exc}"
+    if not buffer.drain():
+        return _OUT_OF_ORDER
+    if not disposable:
+        return "no non-reference pictures"
+    return buffer.order, top_layer
+
+
+_OUT_OF_ORDER = "timestamps that repeat, jump back or are reordered beyond the decoder's depth"
+
+
+class _ReorderBuffer:
+    """A decoder's reorder buffer of ``depth`` pictures, on timestamps in decode order:
+    ``order`` receives them in the decoder's output order, which must be presentation
+    order (strictly increasing); :meth:`push` and :meth:`drain` say whether it is."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self.order: array[int] = array("q")
+        self._pending: list[int] = []  # a heap
+
+    def push(self, pts: int) -> bool:
+        heapq.heappush(self._pending, pts)
+        return len(self._pending) <= self.depth or self._emit(heapq.heappop(self._pending))
+
+    def drain(self) -> bool:
+        while self._pending:
+            if not self._emit(heapq.heappop(self._pending)):
+                return False
+        return True
+
+    def _emit(self, pts: int) -> bool:
+        if self.order and pts <= self.order[-1]:
+            return False
+        self.order.append(pts)
+        return True

@@ -7,22 +7,40 @@ digits, 16 levels apart), so decoding a JPEG back tells which source frame it ca
 from __future__ import annotations
 
 import io
+import re
 import struct
+from array import array
 from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import pytest
 from PIL import Image
 
-from lavia_live.contract.sampling import SamplingSpec, plan_clips, sample_indices
+from lavia_live.contract.sampling import (
+    SamplingSpec,
+    TimestampSampler,
+    plan_clips,
+    sample_indices,
+)
 from lavia_live.errors import MediaError
 from training.data.clips import (
+    _SYNTAXES,
+    DecodeStats,
     ExtractedClip,
     ExtractOptions,
     VideoInfo,
+    _h264_picture,
+    _hevc_picture,
+    _iter_clips,
+    _nal_headers,
+    _Picture,
+    _plan_skipping,
+    _ReorderBuffer,
+    _SkipPlan,
     count_clips,
     iter_clips,
     probe_video,
@@ -64,14 +82,18 @@ def write_video(
     fmt: str | None = None,
     noise: bool = False,
     preset: str = "veryfast",
+    codec: str = "libx264",
+    options: dict[str, str] | None = None,
 ) -> Path:
-    """Frame ``i`` carries counter ``i`` and pts ``pts[i]`` (in ``time_base``, default 1/rate)."""
+    """Frame ``i`` carries counter ``i`` and pts ``pts[i]`` (in ``time_base``, default 1/rate).
+
+    The encoder gets ``options`` if given, else ``preset`` (veryfast has B-frames)."""
     width, height = size
     rng = np.random.default_rng(7)
     with av.open(str(path), "w", format=fmt) as container:
-        stream = container.add_stream("libx264", rate=rate)
+        stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": preset}
+        stream.options = {**options} if options is not None else {"preset": preset}
         if time_base is not None:
             stream.time_base = time_base
             stream.codec_context.time_base = time_base
@@ -195,7 +217,7 @@ def test_scaled_size_even_and_bounded() -> None:
 
 
 def test_4k_input(tmp_path: Path) -> None:
-    path = cfr(tmp_path / "uhd.mp4", 30, 60, size=(3840, 2160), preset="ultrafast")
+    path = cfr(tmp_path / "uhd.mp4", 30, 31, size=(3840, 2160), preset="ultrafast")
     clips = list(iter_clips(path, options=ExtractOptions(min_frames=1)))
     assert source_indices(clips) == [[0, 30]]
     with Image.open(io.BytesIO(clips[0].frames_jpeg[0])) as img:
@@ -335,9 +357,196 @@ def test_corrupt_middle_raises_after_the_completed_clips(tmp_path: Path) -> None
     assert source_indices(clips) == source_indices(whole[: len(clips)])
 
 
+def test_single_threaded_decoding_gives_the_same_clips(cfr_video: tuple[Path, int, int]) -> None:
+    path, _, _ = cfr_video
+    threaded = list(iter_clips(path))
+    single = list(iter_clips(path, options=ExtractOptions(decode_threads=1)))
+    assert single == threaded
+
+
+@pytest.mark.parametrize(
+    "bad", [{"max_side": 1}, {"jpeg_quality": 0}, {"min_frames": 0}, {"decode_threads": -1}]
+)
+def test_options_are_validated(bad: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        ExtractOptions(**bad)
+
+
 def test_stopping_early_closes_cleanly(videos: Path) -> None:
     path = cfr(videos / "early.mp4", 30, 60)
     clips = iter_clips(path, SMALL)
     first = next(clips)
     clips.close()
     assert first.index == 0 and read_counter(first.frames_jpeg[0]) == 0
+
+
+# --------------------------------------------------------------------------- skipping
+# Non-reference pictures that the sampler does not keep are never sent to the decoder.
+# Nothing else may change: every test compares with the decode-everything path.
+
+X265_QUIET = "log-level=error"
+B_FRAME_ENCODINGS = {
+    "h264-mp4": ("mp4", "libx264", {"preset": "medium", "bf": "3"}),
+    "h264-mkv": ("mkv", "libx264", {"preset": "medium", "bf": "3"}),
+    "h264-mov": ("mov", "libx264", {"bf": "3"}),  # libx264's default preset (medium)
+    "hevc-mp4": ("mp4", "libx265", {"x265-params": X265_QUIET}),
+    # Three temporal layers: only the top layer's non-reference pictures are disposable.
+    "hevc-layers-mkv": ("mkv", "libx265", {"x265-params": f"{X265_QUIET}:temporal-layers=3"}),
+}
+
+
+def full_and_skipping(
+    path: Path, spec: SamplingSpec | None = None, options: ExtractOptions | None = None
+) -> tuple[list[ExtractedClip], list[ExtractedClip], DecodeStats]:
+    """The clips of the decode-everything path, those of ``iter_clips``, and its stats."""
+    full_stats, stats = DecodeStats(), DecodeStats()
+    full = list(_iter_clips(path, spec, options, stats=full_stats, skip_disposable=False))
+    skipping = list(iter_clips(path, spec, options, stats=stats))
+    assert full_stats.packets_decoded == full_stats.packets == stats.packets
+    assert full_stats.frames_decoded == full_stats.packets and not full_stats.skipping
+    assert stats.frames_kept == full_stats.frames_kept == sum(len(c.timestamps) for c in full)
+    assert stats.clips == full_stats.clips == len(full)
+    assert stats.irregular == full_stats.irregular == 0
+    return full, skipping, stats
+
+
+@pytest.fixture(scope="module", params=list(B_FRAME_ENCODINGS))
+def b_frame_video(request: pytest.FixtureRequest, videos: Path) -> Path:
+    fmt, codec, options = B_FRAME_ENCODINGS[request.param]
+    path = videos / f"{request.param}.{fmt}"
+    return write_video(path, range(200), codec=codec, options=options)
+
+
+@pytest.mark.parametrize("spec", [SMALL, SamplingSpec(stride_frames=15, clip_frames=4)])
+def test_skipping_non_reference_pictures_changes_no_frame(
+    b_frame_video: Path, spec: SamplingSpec
+) -> None:
+    full, skipping, stats = full_and_skipping(b_frame_video, spec, ExtractOptions(min_frames=1))
+
+    assert skipping == full  # same timestamps, same JPEG bytes, same clip spans
+    assert [i for c in source_indices(full) for i in c] == sample_indices(30, 200, spec)
+    assert stats.skipping and stats.why_not_skipping == ""
+    assert stats.packets == 200
+    assert stats.packets_decoded == stats.frames_decoded < stats.packets
+
+
+def test_skipping_on_the_cfr_videos(cfr_video: tuple[Path, int, int]) -> None:
+    path, _, n = cfr_video  # libx264 veryfast: B-frames
+    full, skipping, stats = full_and_skipping(path)
+    assert skipping == full
+    assert stats.skipping and stats.packets == n
+    assert stats.packets_decoded < 0.8 * n
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "mkv"])
+def test_the_plan_keeps_exactly_the_frames_a_full_decode_keeps(tmp_path: Path, fmt: str) -> None:
+    rng = np.random.default_rng(5)
+    gaps = rng.integers(5, 150, 300)  # variable frame rate, with B-frames
+    gaps[[60, 200]] = [2500, 900]  # and two stalls
+    stamps = np.concatenate([[0], np.cumsum(gaps)]).tolist()
+    path = write_video(
+        tmp_path / f"vfr.{fmt}", stamps, time_base=Fraction(1, 1000), options={"bf": "3"}
+    )
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        plan, why_not = _plan_skipping(path, stream, SamplingSpec())
+        shown = [(f.pts, f.time_base) for f in container.decode(stream)]
+    assert plan is not None and why_not == ""
+    sampler = TimestampSampler(SamplingSpec())
+    kept = set()
+    for pts, time_base in shown:
+        assert pts is not None
+        if sampler.offer(pts, time_base) is not None:
+            kept.add(pts)
+    assert list(plan.order) == [pts for pts, _ in shown]  # the decoder's output order
+    assert plan.keep == kept and len(kept) > 20
+
+    full, skipping, stats = full_and_skipping(path, options=ExtractOptions(min_frames=1))
+    assert skipping == full and stats.packets_decoded < stats.packets
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "why"),
+    [
+        ("ultrafast.mp4", {"preset": "ultrafast"}, "no non-reference pictures"),
+        ("annexb.ts", {"bf": "3"}, r"Annex B"),
+        ("raw.h264", {"bf": "3"}, r"Annex B"),
+    ],
+)
+def test_every_frame_is_decoded_when_nothing_can_be_skipped(
+    tmp_path: Path, name: str, options: dict[str, str], why: str
+) -> None:
+    fmt = {"ts": "mpegts", "h264": "h264"}.get(name.rsplit(".", 1)[1])
+    path = write_video(tmp_path / name, range(60), fmt=fmt, options=options)
+    full, skipping, stats = full_and_skipping(path, SMALL, ExtractOptions(min_frames=1))
+    assert skipping == full and len(full) >= 4
+    assert not stats.skipping and stats.packets_decoded == stats.packets == 60
+    assert re.search(why, stats.why_not_skipping)
+
+
+def test_other_codecs_decode_every_frame(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "mpeg4.mp4", range(60), codec="mpeg4", options={"bf": "2"})
+    _, _, stats = full_and_skipping(path, SMALL, ExtractOptions(min_frames=1))
+    assert not stats.skipping and stats.why_not_skipping.startswith("codec mpeg4")
+
+
+def test_nal_unit_headers_say_what_is_disposable() -> None:
+    def units(*nals: bytes, size: int = 4) -> memoryview:
+        return memoryview(b"".join(len(n).to_bytes(size, "big") + n for n in nals))
+
+    assert _nal_headers(units(b"\x06ab", b"\x41xyz"), 4, 1) == [b"\x06", b"\x41"]
+    assert _nal_headers(units(b"\x01\x01x", size=2), 2, 2) == [b"\x01\x01"]
+    assert _nal_headers(units(b"\x41xyz")[:-1], 4, 1) is None  # truncated
+    assert _nal_headers(units(b""), 4, 1) is None  # an empty unit
+    assert _nal_headers(memoryview(b"\x00\x00"), 4, 1) is None  # not even a length
+
+    # H.264: slice (1) or IDR (5), nal_ref_idc in bits 5-6; SEI (6) and AUD (9) are inert.
+    assert _h264_picture([b"\x09", b"\x06", b"\x01", b"\x01"]) == _Picture(True, 0, False)
+    assert _h264_picture([b"\x41"]) == _Picture(False, 0, False)  # referenced
+    assert _h264_picture([b"\x01", b"\x21"]) == _Picture(False, 0, False)  # one slice is
+    assert _h264_picture([b"\x68", b"\x01"]) == _Picture(False, 0, False)  # in-band PPS
+    assert _h264_picture([b"\x06", b"\x65"]) == _Picture(False, 0, True)
+    assert _h264_picture([b"\x06"]) is None  # no slice
+    assert _h264_picture([b"\x81"]) is None  # forbidden_zero_bit
+
+    # HEVC: type in bits 1-6 of the first byte, TemporalId + 1 in bits 0-2 of the second.
+    def hevc(kind: int, temporal_id: int = 0) -> bytes:
+        return bytes([kind << 1, temporal_id + 1])
+
+    assert _hevc_picture([hevc(35), hevc(0)]) == _Picture(True, 0, False)  # AUD, TRAIL_N
+    assert _hevc_picture([hevc(2, 2), hevc(39, 2)]) == _Picture(True, 2, False)  # TSA_N + SEI
+    assert _hevc_picture([hevc(1)]) == _Picture(False, 0, False)  # TRAIL_R
+    assert _hevc_picture([hevc(34), hevc(0)]) == _Picture(False, 0, False)  # in-band PPS
+    assert _hevc_picture([hevc(32), hevc(19)]) == _Picture(False, 0, True)  # VPS, IDR_W_RADL
+    assert _hevc_picture([hevc(0, 1), hevc(0, 2)]) is None  # two temporal layers
+    assert _hevc_picture([bytes([0, 0x09])]) is None  # nuh_layer_id 1
+    assert _hevc_picture([bytes([0, 0])]) is None  # TemporalId + 1 == 0
+    assert _hevc_picture([hevc(39)]) is None  # no slice
+
+
+def test_only_the_top_layers_unkept_disposable_pictures_are_skipped() -> None:
+    def packet(pts: int, kind: int, temporal_id: int) -> av.Packet[Any]:
+        nal = bytes([kind << 1, temporal_id + 1]) + b"slice"
+        p = av.Packet(len(nal).to_bytes(4, "big") + nal)
+        p.pts = pts
+        return p
+
+    plan = _SkipPlan(_SYNTAXES["hevc"], 4, 2, Fraction(1, 30), array("q"), frozenset({3}))
+    assert plan.skippable(packet(1, 0, 2))  # TRAIL_N, top layer
+    assert not plan.skippable(packet(3, 0, 2))  # ... but kept
+    assert not plan.skippable(packet(2, 2, 1))  # TSA_N: a layer-2 picture may use it
+    assert not plan.skippable(packet(4, 1, 2))  # TRAIL_R
+
+
+def test_the_reorder_buffer_checks_presentation_order() -> None:
+    def order(stamps: list[int], depth: int) -> list[int] | None:
+        buffer = _ReorderBuffer(depth)
+        ok = all(buffer.push(t) for t in stamps) and buffer.drain()
+        return list(buffer.order) if ok else None
+
+    assert order([0, 3, 1, 2, 6, 4, 5], 2) == list(range(7))  # B-frames
+    assert order([0, 4, 2, 1, 3], 2) == list(range(5))  # a B-pyramid
+    assert order([0, 4, 2, 1, 3], 1) is None  # reordered deeper than the decoder does
+    assert order([0, 1, 2, 3, 0, 1], 2) is None  # timestamps restart
+    assert order([0, 2, 1, 2], 2) is None  # a repeated timestamp
+    assert order([5, 6, 7], 0) == [5, 6, 7]
