@@ -1,5 +1,5 @@
 """Model families (Qwen2.5-VL, LLaVA) shared by training and the local inference engine,
-and the embedded demo model that ships in ``embedded/``."""
+and the place of the embedded demo model."""
 
 from pathlib import Path
 
@@ -22,8 +22,8 @@ from lavia_live.models.families import (
 )
 
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded"
-"""The embedded demo model: a tiny Qwen2.5-VL trained on the demo task only
-(``scripts/build_demo_model`` rebuilds it; its held-out scores are in ``eval.json``)."""
+"""Where ``scripts/build_demo_model`` puts the embedded demo model (a tiny Qwen2.5-VL that
+knows the demo task only) and its held-out scores (``eval.json``)."""
 
 __all__ = [
     "EMBEDDED_MODEL_DIR",
