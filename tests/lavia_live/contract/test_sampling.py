@@ -47,6 +47,7 @@ class Scenario:
         jitter = self.jitter / self.fps
         n = int(duration * self.fps)
         true = np.arange(n) / self.fps + rng.uniform(-jitter, jitter, n)
+        true[0] = max(true[0], 0.0)  # a negative first time would be a wrap (resets=0 lies)
         keep = rng.random(n) >= self.drop
         keep[0] = True
         true = true[keep]
