@@ -51,8 +51,11 @@ class Prompt:
     def n_images(self) -> int:
         return sum(isinstance(p, ImagePart) for p in self.parts)
 
-    def openai_messages(self, image_urls: Sequence[str]) -> list[dict[str, Any]]:
-        """Chat-completions messages; ``image_urls[i]`` (e.g. a JPEG data URL) is frame i."""
+    def openai_messages(
+        self, image_urls: Sequence[str], detail: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Chat-completions messages; ``image_urls[i]`` (e.g. a JPEG data URL) is frame i.
+        ``detail`` ("low", "high", "auto") is OpenAI's per-image detail; None omits it."""
         if len(image_urls) != self.n_images:
             raise ValueError(f"prompt has {self.n_images} images, got {len(image_urls)} URLs")
         content: list[dict[str, Any]] = []
@@ -60,7 +63,10 @@ class Prompt:
             if isinstance(part, TextPart):
                 content.append({"type": "text", "text": part.text})
             else:
-                content.append({"type": "image_url", "image_url": {"url": image_urls[part.index]}})
+                image: dict[str, str] = {"url": image_urls[part.index]}
+                if detail is not None:
+                    image["detail"] = detail
+                content.append({"type": "image_url", "image_url": image})
         return [{"role": "user", "content": content}]
 
     def hf_messages(self, answer: str | None = None) -> list[dict[str, Any]]:

@@ -55,19 +55,12 @@ class OpenAIEngine:
     async def aclose(self) -> None:
         await self._client.close()
 
-    def _messages(self, prompt: Prompt, frames_jpeg: Sequence[bytes]) -> list[dict[str, object]]:
-        messages = prompt.openai_messages([jpeg_data_url(f) for f in frames_jpeg])
-        if self.options.image_detail:
-            for part in messages[0]["content"]:
-                if part["type"] == "image_url":
-                    part["image_url"]["detail"] = self.options.image_detail
-        return messages
-
     async def stream(
         self, prompt: Prompt, frames_jpeg: Sequence[bytes], options: GenerationOptions
     ) -> AsyncIterator[str]:
         opts = self.options
-        messages = self._messages(prompt, frames_jpeg)
+        urls = [jpeg_data_url(f) for f in frames_jpeg]
+        messages = prompt.openai_messages(urls, opts.image_detail)
         for attempt in range(1, opts.max_attempts + 1):
             delay = 0.0
             started = False

@@ -189,13 +189,8 @@ class OpenAIAnnotator:
                 f"{request.key}: prompt has {request.prompt.n_images} images but "
                 f"{len(request.frames_jpeg)} frames were given"
             )
-        messages = request.prompt.openai_messages([jpeg_data_url(f) for f in request.frames_jpeg])
-        if self.options.image_detail is not None:
-            for message in messages:
-                for part in message["content"]:
-                    if part["type"] == "image_url":
-                        part["image_url"]["detail"] = self.options.image_detail
-        return messages
+        urls = [jpeg_data_url(f) for f in request.frames_jpeg]
+        return request.prompt.openai_messages(urls, self.options.image_detail)
 
     async def _annotate(
         self, request: AnnotationRequest, messages: list[dict[str, Any]]

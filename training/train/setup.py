@@ -108,28 +108,22 @@ def _with_lora(model: Any, loaded: LoadedModel, settings: TrainSettings) -> Any:
     if settings.method == "qlora":
         model = prepare_model_for_kbit_training(model, settings.gradient_checkpointing)
     # the projector / merger between vision and language trains fully, beside the adapters
-    keep = [n for n, p in model.named_parameters() if p.requires_grad and _is_projector(n, loaded)]
-    modules_to_save = sorted({_projector_module(n, loaded) for n in keep})
+    projector = _PROJECTORS[loaded.family]
+    trains = any(
+        p.requires_grad for n, p in model.named_parameters() if n.startswith(projector + ".")
+    )
     config = LoraConfig(
         r=settings.lora_r,
         lora_alpha=settings.lora_alpha,
         lora_dropout=settings.lora_dropout,
         target_modules=lora_target_modules(model, loaded.family),
-        modules_to_save=modules_to_save or None,
+        modules_to_save=[projector] if trains else None,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
 
 
 _PROJECTORS = {"qwen2_5_vl": "model.visual.merger", "llava": "model.multi_modal_projector"}
-
-
-def _is_projector(name: str, loaded: LoadedModel) -> bool:
-    return name.startswith(_PROJECTORS[loaded.family] + ".")
-
-
-def _projector_module(name: str, loaded: LoadedModel) -> str:
-    return _PROJECTORS[loaded.family]
 
 
 @dataclass(frozen=True)
