@@ -24,6 +24,12 @@ class ExtractSettings(_Section):
     max_side: int = Field(448, ge=32, le=4096, description="longer side of written frames")
     jpeg_quality: int = Field(90, ge=10, le=100)
     min_frames: int = Field(8, ge=1, description="keep a last partial clip with this many")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="processes decoding ranges of a long H.264/HEVC video side by side "
+        "(0: one per core; 1: one pass); videos under a minute use one pass",
+    )
     clip_hop: int | None = Field(
         None,
         ge=1,

@@ -183,6 +183,10 @@ class _Build:
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
         remote = ray.remote(process_video)
+        # Ray already runs one video per CPU: each decodes in one pass.
+        data = settings_json.get("data", {})
+        extract = {**data.get("extract", {}), "workers": 1}
+        settings_json = {**settings_json, "data": {**data, "extract": extract}}
         return [(partial(_awaitable, remote.remote(*args(it, d))), (i, it, d)) for i, it, d in work]
 
     def _after_video(

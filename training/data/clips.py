@@ -6,10 +6,11 @@ variable-frame-rate files and timestamp oddities are handled the same way on bot
 For a constant-rate file the kept frames are those of :func:`plan_clips` (one per second of
 real time; clip ``k`` is kept samples ``[15k, 15k + 15)``).
 
-Each file is decoded once (and demuxed twice), in FFmpeg's threads. Only kept frames are
-converted: one swscale pass resizes and converts to RGB, then Pillow encodes the JPEG.
-:func:`iter_clips` is a generator holding one clip's JPEGs at a time, so memory stays
-bounded for long 4K files.
+Each file is decoded once (and demuxed twice), in FFmpeg's threads or in ranges (below).
+Only kept frames are converted: one swscale pass resizes and converts to RGB, then Pillow
+encodes the JPEG.
+:func:`iter_clips` is a generator holding one clip's JPEGs at a time (in ranges: the kept
+frames of a few ranges), so memory stays bounded for long 4K files.
 
 Skipping pictures nobody needs. In H.264 and HEVC with B-frames, some pictures (most
 B-frames) are non-reference: no other picture is predicted from them, so a decoder that
@@ -24,6 +25,17 @@ decision and timestamp is the decode-everything path's. Anything this does not c
 (Annex B streams, other codecs, packets without pts, timestamps that are not a bounded
 reordering of presentation order, edit lists that drop frames, a stream not starting at an
 IDR picture, a malformed packet) decodes every frame, as before.
+
+Ranges in parallel. A file of a minute or more with two or more IDR pictures is decoded by
+worker processes (one per core by default, ``ExtractOptions.workers``), each taking a range
+of packets that starts at an IDR picture: a decoder needs nothing from before an IDR
+picture, so each frame is still decoded once, to the same pixels, and each range skips its
+own unkept non-reference pictures. The sampler runs once, in the calling process, over the
+scan's presentation order, so the frames kept, their times and the clips are exactly those
+of one pass. A range whose kept frames do not all come out is decoded again in the calling
+process, every picture; a worker that dies has its range decoded there too. Open-GOP
+streams whose only IDR picture is the first (recovery points at CRA or I pictures) are
+decoded in one pass.
 """
 
 from __future__ import annotations
@@ -33,11 +45,15 @@ import io
 import itertools
 import logging
 import math
+import multiprocessing
+import os
 import statistics
 import time
 from array import array
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -67,6 +83,12 @@ _ROTATIONS = {
 _SCAN_GIVE_UP = 600
 # Reorder depth assumed when PyAV does not say (H.264's and HEVC's largest picture buffer).
 _MAX_REORDER = 16
+# Files with fewer frames are decoded in one pass: starting processes would cost more.
+_RANGES_MIN_FRAMES = 1800
+# Ranges per worker process: enough to even out the load, few enough to seek rarely.
+_RANGES_PER_WORKER = 4
+# At most this many packets a range (5 minutes at 30 fps), unless IDR pictures are rarer.
+_RANGE_MAX_PACKETS = 9000
 
 
 @dataclass(frozen=True)
@@ -77,6 +99,10 @@ class ExtractOptions:
     # FFmpeg decoder threads; 0 lets FFmpeg use every core. A build that decodes one video
     # per core in parallel does better with 1 (frame threading costs 15-20% extra CPU).
     decode_threads: int = 0
+    # Processes decoding ranges of a long H.264/HEVC file in parallel (each range starts at
+    # an IDR picture, so every frame is still decoded once, to the same pixels); 0: one
+    # per core, 1: one pass in this process. Files shorter than a minute use one pass.
+    workers: int = 0
 
     def __post_init__(self) -> None:
         if self.max_side < 2:
@@ -87,6 +113,8 @@ class ExtractOptions:
             raise ValueError(f"min_frames must be >= 1, got {self.min_frames}")
         if self.decode_threads < 0:
             raise ValueError(f"decode_threads must be >= 0, got {self.decode_threads}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +149,7 @@ class DecodeStats:
     clips: int = 0
     skipping: bool = False  # whether non-reference pictures not kept were skipped
     why_not_skipping: str = ""  # when not: why every packet had to be decoded
+    ranges: int = 1  # ranges decoded in parallel processes (1: one pass)
     elapsed_s: float = 0.0
     irregular: int = 0  # decoded frames out of the packets' presentation order (see log)
 
@@ -243,9 +272,21 @@ class _ClipCutter:
     def run(self, skip_disposable: bool) -> Iterator[ExtractedClip]:
         started = time.perf_counter()
         plan, why_not = None, "disabled"
+        workers = self._workers()
         if skip_disposable:
-            plan, why_not = _plan_skipping(self.path, self.stream, self.spec)
-        self.stats.skipping, self.stats.why_not_skipping = plan is not None, why_not
+            plan, why_not = _plan_skipping(self.path, self.stream, self.spec, whole=workers > 1)
+        self.stats.skipping = plan is not None and plan.skips
+        self.stats.why_not_skipping = why_not
+        ranges = _ranges(self.path, self.stream.index, plan, self.options, workers)
+        if plan is not None and len(ranges) > 1:
+            yield from self._run_ranges(plan, ranges, workers)
+            self.stats.elapsed_s = time.perf_counter() - started
+            logger.info(
+                "%s: %d ranges in %d processes, %d of %d packets decoded, %d clips in %.1f s",
+                *(self.path, len(ranges), workers, self.stats.packets_decoded),
+                *(self.stats.packets, self.index, self.stats.elapsed_s),
+            )
+            return
         self.stream.thread_type = "AUTO"
         self.stream.codec_context.thread_count = self.options.decode_threads
         frames = self._decode(plan)
@@ -289,6 +330,72 @@ class _ClipCutter:
             self.index,
             self.stats.elapsed_s,
         )
+
+    def _workers(self) -> int:
+        """Processes for decoding ranges: 1 unless the file is long enough to pay for them."""
+        workers = self.options.workers or len(os.sched_getaffinity(0))
+        frames = self.stream.frames
+        if not frames:  # e.g. Matroska: from the duration
+            stream, duration = self.stream, self.container.duration
+            if stream.duration is not None and stream.time_base is not None:
+                frames = round(float(stream.duration * stream.time_base) / self.period)
+            elif duration is not None:
+                frames = round(duration / av.time_base / self.period)
+        return workers if frames >= _RANGES_MIN_FRAMES else 1
+
+    def _run_ranges(
+        self, plan: _SkipPlan, ranges: list[_Range], workers: int
+    ) -> Iterator[ExtractedClip]:
+        """Decode ``ranges`` in ``workers`` processes; yield the same clips, in order, as one
+        pass would. The sampler runs here over ``plan.order``, as one pass offers it."""
+        kept: list[tuple[int, float]] = []
+        for pts in plan.order:
+            t = self._offer_pts(pts, plan.time_base)
+            if t is not None:
+                kept.append((pts, t))
+        self.stats.frames_kept = len(kept)
+        last_end = self.reached + self.period
+        n = self.spec.clip_frames
+        clips = [kept[i : i + n] for i in range(0, len(kept), n)]
+        if clips and len(clips[-1]) < min(self.options.min_frames, n):
+            clips.pop()
+        self.stats.ranges = len(ranges)
+        jpegs: dict[int, bytes] = {}
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            # A few ranges in flight at a time, so memory stays bounded on long files.
+            ahead = [pool.submit(_decode_range, r) for r in ranges[: 2 * workers]]
+            for k, job in enumerate(ranges):
+                future = ahead.pop(0)
+                if k + len(ahead) + 1 < len(ranges):
+                    ahead.append(pool.submit(_decode_range, ranges[k + len(ahead) + 1]))
+                try:
+                    result = future.result()
+                except BrokenProcessPool as exc:  # a worker died (killed, out of memory)
+                    logger.warning("%s: decoding process lost (%s); decoding here", self.path, exc)
+                    result = _decode_range(job)
+                if result.error is None and not job.plan.keep <= result.jpegs.keys():
+                    # A kept frame did not come out (irregular stream): decode the range
+                    # again here, every picture, as one pass would.
+                    result = _decode_range(replace(job, plan=replace(job.plan, skips=False)))
+                self.stats.packets += result.packets
+                self.stats.packets_decoded += result.packets_decoded
+                self.stats.frames_decoded += result.frames_decoded
+                jpegs.update(result.jpegs)
+                while self.index < len(clips) and all(p in jpegs for p, _ in clips[self.index]):
+                    frames = clips[self.index]
+                    self.times = [t for _, t in frames]
+                    self.jpegs = [jpegs.pop(p) for p, _ in frames]
+                    after = (self.index + 1) * n
+                    yield self._emit(kept[after][1] if after < len(kept) else last_end)
+                if result.error is not None:
+                    self.reached = float(job.start_pts * plan.time_base)
+                    raise self._error("decoding failed", result.error)
+                if not job.plan.keep <= result.jpegs.keys():
+                    self.reached = float(job.start_pts * plan.time_base)
+                    raise self._error("decoding failed", "kept frames missing from the decoder")
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _decode(self, plan: _SkipPlan | None) -> Iterator[VideoFrame]:
         """The decoded frames, in output order; with a plan, its skippable packets unsent."""
@@ -361,22 +468,7 @@ class _ClipCutter:
         return None if session is None else session + self.shift
 
     def _jpeg(self, frame: VideoFrame) -> bytes:
-        """Resize (one swscale pass, display orientation and aspect) and JPEG-encode."""
-        turn = round(frame.rotation / 90) * 90 % 360
-        sar = self.stream.codec_context.sample_aspect_ratio
-        width = frame.width * (float(sar) if sar else 1.0)
-        disp_w, disp_h = (frame.height, width) if turn in (90, 270) else (width, frame.height)
-        out_w, out_h = scaled_size(round(disp_w), round(disp_h), self.options.max_side)
-        if turn in (90, 270):
-            out_w, out_h = out_h, out_w
-        # threads=1: a new swscale context per call; its own thread pool would cost more.
-        rgb = frame.reformat(width=out_w, height=out_h, format="rgb24", threads=1)
-        image = rgb.to_image()
-        if turn in _ROTATIONS:
-            image = image.transpose(_ROTATIONS[turn])
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=self.options.jpeg_quality)
-        return buffer.getvalue()
+        return _jpeg(frame, self.stream, self.options)
 
     def _emit(self, end_s: float) -> ExtractedClip:
         clip = ExtractedClip(
@@ -396,11 +488,30 @@ class _ClipCutter:
         if len(self.times) == self.spec.clip_frames:
             yield self._emit(end_s)
 
-    def _error(self, what: str, exc: BaseException) -> MediaError:
+    def _error(self, what: str, exc: BaseException | str) -> MediaError:
         return MediaError(
             f"{self.path}: {what} at {self.reached:.2f} s after {self.index} complete "
             f"clip(s): {exc}"
         )
+
+
+def _jpeg(frame: VideoFrame, stream: VideoStream, options: ExtractOptions) -> bytes:
+    """Resize (one swscale pass, display orientation and aspect) and JPEG-encode."""
+    turn = round(frame.rotation / 90) * 90 % 360
+    sar = stream.codec_context.sample_aspect_ratio
+    width = frame.width * (float(sar) if sar else 1.0)
+    disp_w, disp_h = (frame.height, width) if turn in (90, 270) else (width, frame.height)
+    out_w, out_h = scaled_size(round(disp_w), round(disp_h), options.max_side)
+    if turn in (90, 270):
+        out_w, out_h = out_h, out_w
+    # threads=1: a new swscale context per call; its own thread pool would cost more.
+    rgb = frame.reformat(width=out_w, height=out_h, format="rgb24", threads=1)
+    image = rgb.to_image()
+    if turn in _ROTATIONS:
+        image = image.transpose(_ROTATIONS[turn])
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=options.jpeg_quality)
+    return buffer.getvalue()
 
 
 def _check_file(path: str | Path) -> Path:
@@ -574,9 +685,14 @@ class _SkipPlan:
     time_base: Fraction
     order: array[int]  # every frame's pts in presentation order (8 bytes a frame)
     keep: frozenset[int] = field(repr=False)  # pts of the frames the sampler keeps
+    skips: bool = True  # False: the stream has no disposable pictures; all are decoded
+    # For decoding ranges in parallel: every packet's pts in decode order, and the decode
+    # positions of the IDR pictures (where a decoder can start from nothing).
+    decode_order: array[int] = field(default_factory=lambda: array("q"), repr=False)
+    idr: tuple[int, ...] = ()
 
     def skippable(self, packet: Packet[Any]) -> bool:
-        if packet.pts is None or packet.pts in self.keep:
+        if not self.skips or packet.pts is None or packet.pts in self.keep:
             return False
         picture = _read_picture(packet, self.syntax, self.length_size)
         return picture is not None and picture.disposable and picture.layer == self.top_layer
@@ -588,10 +704,12 @@ def _read_picture(packet: Packet[Any], syntax: _Syntax, length_size: int) -> _Pi
 
 
 def _plan_skipping(
-    path: Path, stream: VideoStream, spec: SamplingSpec
+    path: Path, stream: VideoStream, spec: SamplingSpec, *, whole: bool = False
 ) -> tuple[_SkipPlan | None, str]:
     """Demux (no decoding) the stream's packets into a :class:`_SkipPlan`: the sampler run
-    over every pts in presentation order. ``(None, why)`` when every frame must be decoded.
+    over every pts in presentation order. ``(None, why)`` when every frame must be decoded
+    in one pass. With ``whole``, a stream without disposable pictures still gets a plan
+    (``skips`` False, ``why`` says so): its IDR positions let ranges decode in parallel.
     """
     codec = stream.codec_context
     syntax = _SYNTAXES.get(codec.name)
@@ -605,26 +723,51 @@ def _plan_skipping(
         return None, "invalid NAL length size" if length_size == 3 else "no time base"
     depth = getattr(codec, "reorder_depth", None)  # the decoder's has_b_frames (newer PyAV)
     depth = depth if isinstance(depth, int) else _MAX_REORDER
-    scanned = _scan(path, stream.index, syntax, length_size, depth)
+    scanned = _scan(path, stream.index, syntax, length_size, depth, whole=whole)
     if isinstance(scanned, str):
         return None, scanned
-    order, top_layer = scanned
     sampler = TimestampSampler(spec)
-    keep = frozenset(pts for pts in order if sampler.offer(pts, stream.time_base) is not None)
-    return _SkipPlan(syntax, length_size, top_layer, stream.time_base, order, keep), ""
+    time_base = stream.time_base
+    keep = frozenset(pts for pts in scanned.order if sampler.offer(pts, time_base) is not None)
+    plan = _SkipPlan(
+        syntax,
+        length_size,
+        scanned.top_layer,
+        time_base,
+        scanned.order,
+        keep,
+        skips=scanned.disposable,
+        decode_order=scanned.decode_order,
+        idr=tuple(scanned.idr),
+    )
+    return plan, "" if scanned.disposable else _NO_DISPOSABLE
+
+
+_NO_DISPOSABLE = "no non-reference pictures"
+
+
+class _Scanned(NamedTuple):
+    order: array[int]  # pts in presentation order
+    decode_order: array[int]  # pts in decode (file) order
+    idr: list[int]  # decode positions of IDR pictures
+    top_layer: int
+    disposable: bool  # whether any picture is disposable
 
 
 def _scan(
-    path: Path, index: int, syntax: _Syntax, length_size: int, depth: int
-) -> tuple[array[int], int] | str:
-    """Every pts in presentation order and the top temporal layer, by demuxing stream
-    ``index`` of ``path`` without decoding; or what rules skipping out.
+    path: Path, index: int, syntax: _Syntax, length_size: int, depth: int, *, whole: bool
+) -> _Scanned | str:
+    """Every pts in presentation and in decode order, the IDR positions and the top temporal
+    layer, by demuxing stream ``index`` of ``path`` without decoding; or what rules skipping
+    out. Without ``whole``, gives up early on a stream with no disposable pictures.
 
     The pts go through a reorder buffer of the decoder's depth, as the decoded frames do:
     they must come out strictly increasing (else timestamps jump back, repeat, or are
     reordered further than the decoder will, and its output order is not theirs)."""
     buffer = _ReorderBuffer(depth)
     top_layer, disposable, packets = 0, False, 0
+    decode_order: array[int] = array("q")
+    idr: list[int] = []
     try:
         with _open(path) as container:
             for packet in container.demux(container.streams[index]):
@@ -640,19 +783,22 @@ def _scan(
                     return f"packet {packets} is not a picture's length-prefixed NAL units"
                 if packets == 1 and not picture.idr:
                     return "the stream does not start with an IDR picture"
+                if picture.idr:
+                    idr.append(packets - 1)
+                decode_order.append(packet.pts)
                 top_layer = max(top_layer, picture.layer)
                 disposable = disposable or picture.disposable
-                if not disposable and packets >= _SCAN_GIVE_UP:
-                    return f"no non-reference pictures in the first {packets} packets"
+                if not disposable and not whole and packets >= _SCAN_GIVE_UP:
+                    return f"{_NO_DISPOSABLE} in the first {packets} packets"
                 if not buffer.push(packet.pts):
                     return _OUT_OF_ORDER
     except (av.FFmpegError, MediaError) as exc:
         return f"demuxing failed: {exc}"
     if not buffer.drain():
         return _OUT_OF_ORDER
-    if not disposable:
-        return "no non-reference pictures"
-    return buffer.order, top_layer
+    if not disposable and not whole:
+        return _NO_DISPOSABLE
+    return _Scanned(buffer.order, decode_order, idr, top_layer, disposable)
 
 
 _OUT_OF_ORDER = "timestamps that repeat, jump back or are reordered beyond the decoder's depth"
@@ -683,3 +829,113 @@ class _ReorderBuffer:
             return False
         self.order.append(pts)
         return True
+
+
+# --------------------------------------------------------------------------- ranges
+# A long file's packets, in decode order, split at IDR pictures into ranges that processes
+# decode side by side. A decoder starting at an IDR picture needs nothing before it, so each
+# frame is decoded once, to the pixels one pass gives; the sampler still runs once, here,
+# over the plan's presentation order, so the frames kept and their times are one pass's.
+
+
+@dataclass(frozen=True)
+class _Range:
+    """Packets ``[start_pts, stop_pts)`` of one stream, in decode order, for one process."""
+
+    path: str
+    stream_index: int
+    start_pts: int  # an IDR picture's packet
+    stop_pts: int | None  # the next range's first packet (None: to the end)
+    packets: int
+    plan: _SkipPlan  # ``keep``: this range's kept frames only; no order arrays
+    options: ExtractOptions
+
+
+@dataclass
+class _RangeResult:
+    jpegs: dict[int, bytes] = field(default_factory=dict)  # pts -> JPEG of each kept frame
+    packets: int = 0
+    packets_decoded: int = 0
+    frames_decoded: int = 0
+    error: str | None = None
+
+
+def _ranges(
+    path: Path, stream_index: int, plan: _SkipPlan | None, options: ExtractOptions, workers: int
+) -> list[_Range]:
+    """About ``_RANGES_PER_WORKER`` ranges per worker of similar length, cut at IDR pictures
+    (fewer when the file has fewer); ``[]`` for one pass."""
+    if plan is None or workers < 2 or len(plan.idr) < 2:
+        return []
+    order, total = plan.decode_order, len(plan.decode_order)
+    wanted = max(workers * _RANGES_PER_WORKER, math.ceil(total / _RANGE_MAX_PACKETS))
+    wanted = min(len(plan.idr), wanted)
+    idr = plan.idr
+
+    def nearest_idr(target: float) -> int:
+        return min(idr, key=lambda i: abs(i - target))
+
+    starts = sorted({nearest_idr(k * total / wanted) for k in range(wanted)})
+    ranges = []
+    for a, b in itertools.pairwise([*starts, total]):
+        keep = frozenset(p for p in order[a:b] if p in plan.keep)
+        light = replace(plan, keep=keep, order=array("q"), decode_order=array("q"), idr=())
+        stop = order[b] if b < total else None
+        ranges.append(_Range(str(path), stream_index, order[a], stop, b - a, light, options))
+    return ranges
+
+
+def _decode_range(job: _Range) -> _RangeResult:
+    """Decode one range (in a worker process): the JPEGs of its kept frames and counts."""
+    result = _RangeResult()
+    try:
+        with _open(Path(job.path)) as container:
+            stream = container.streams[job.stream_index]
+            assert isinstance(stream, VideoStream)
+            stream.codec_context.thread_count = 1  # the parallelism is the processes'
+            if job.start_pts != 0:
+                container.seek(job.start_pts, backward=True, any_frame=False, stream=stream)
+            if not _decode_packets(container, stream, job, result):
+                with _open(Path(job.path)) as again:  # the seek went past: read from the top
+                    stream = again.streams[job.stream_index]
+                    assert isinstance(stream, VideoStream)
+                    stream.codec_context.thread_count = 1
+                    if not _decode_packets(again, stream, job, result):
+                        result.error = f"no packet with pts {job.start_pts}"
+    except (av.FFmpegError, MediaError) as exc:
+        result.error = str(exc)
+    return result
+
+
+def _decode_packets(
+    container: InputContainer, stream: VideoStream, job: _Range, result: _RangeResult
+) -> bool:
+    """Decode the range's packets from where ``container`` is; False if its first packet
+    never came."""
+    keep = job.plan.keep
+
+    def take(frames: Iterable[Any]) -> None:
+        for frame in frames:
+            if isinstance(frame, VideoFrame):
+                result.frames_decoded += 1
+                if frame.pts in keep:
+                    result.jpegs[frame.pts] = _jpeg(frame, stream, job.options)
+
+    started = False
+    for packet in container.demux(stream):
+        if not packet.size:
+            break
+        if not started:
+            if packet.pts != job.start_pts:
+                continue
+            started = True
+        elif packet.pts == job.stop_pts:
+            break
+        result.packets += 1
+        if job.plan.skippable(packet):
+            continue
+        result.packets_decoded += 1
+        take(packet.decode())
+    if started:
+        take(stream.decode(None))
+    return started

@@ -68,7 +68,9 @@ def transcribe_options(settings: PipelineSettings) -> TranscribeOptions:
 
 def extract_options(settings: PipelineSettings) -> ExtractOptions:
     e = settings.data.extract
-    return ExtractOptions(max_side=e.max_side, jpeg_quality=e.jpeg_quality, min_frames=e.min_frames)
+    return ExtractOptions(
+        max_side=e.max_side, jpeg_quality=e.jpeg_quality, min_frames=e.min_frames, workers=e.workers
+    )
 
 
 def process_video(

@@ -7,6 +7,7 @@ digits, 16 levels apart), so decoding a JPEG back tells which source frame it ca
 from __future__ import annotations
 
 import io
+import multiprocessing
 import re
 import struct
 from array import array
@@ -365,7 +366,14 @@ def test_single_threaded_decoding_gives_the_same_clips(cfr_video: tuple[Path, in
 
 
 @pytest.mark.parametrize(
-    "bad", [{"max_side": 1}, {"jpeg_quality": 0}, {"min_frames": 0}, {"decode_threads": -1}]
+    "bad",
+    [
+        {"max_side": 1},
+        {"jpeg_quality": 0},
+        {"min_frames": 0},
+        {"decode_threads": -1},
+        {"workers": -1},
+    ],
 )
 def test_options_are_validated(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -550,3 +558,84 @@ def test_the_reorder_buffer_checks_presentation_order() -> None:
     assert order([0, 1, 2, 3, 0, 1], 2) is None  # timestamps restart
     assert order([0, 2, 1, 2], 2) is None  # a repeated timestamp
     assert order([5, 6, 7], 0) == [5, 6, 7]
+
+
+# --------------------------------------------------------------------------- ranges
+# A long file is decoded in ranges that start at IDR pictures, in worker processes. The
+# clips must be exactly one pass's: same frames, same bytes, same times, same spans.
+
+RANGE_ENCODINGS = {
+    "h264-b-frames": ("mp4", "libx264", {"preset": "medium", "bf": "3", "g": "40"}),
+    "h264-no-b-frames": ("mp4", "libx264", {"preset": "ultrafast", "g": "40"}),
+    "h264-mkv": ("mkv", "libx264", {"preset": "medium", "bf": "3", "g": "40"}),
+    "hevc-mp4": ("mp4", "libx265", {"x265-params": f"{X265_QUIET}:keyint=40:open-gop=0"}),
+}
+
+
+@pytest.fixture
+def short_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode in ranges from 100 frames on (files of a minute or more, by default)."""
+    monkeypatch.setattr("training.data.clips._RANGES_MIN_FRAMES", 100)
+
+
+@pytest.mark.parametrize("encoding", list(RANGE_ENCODINGS))
+def test_ranges_in_processes_give_one_pass_clips(
+    videos: Path, encoding: str, short_ranges: None
+) -> None:
+    fmt, codec, options = RANGE_ENCODINGS[encoding]
+    path = write_video(
+        videos / f"ranges-{encoding}.{fmt}", range(400), codec=codec, options=options
+    )
+    full_stats, stats = DecodeStats(), DecodeStats()
+    one_pass, ranges = ExtractOptions(min_frames=1), ExtractOptions(min_frames=1, workers=2)
+    full = list(_iter_clips(path, SMALL, one_pass, stats=full_stats, skip_disposable=False))
+    ranged = list(iter_clips(path, SMALL, ranges, stats=stats))
+
+    assert ranged == full  # timestamps, JPEG bytes, spans
+    assert [i for c in source_indices(full) for i in c] == sample_indices(30, 400, SMALL)
+    assert stats.ranges > 2 and full_stats.ranges == 1
+    assert stats.packets == full_stats.packets == 400
+    assert stats.frames_kept == full_stats.frames_kept and stats.clips == len(full)
+    if "no-b" in encoding:
+        assert stats.packets_decoded == stats.frames_decoded == 400 and not stats.skipping
+    else:  # every range still skips its unkept non-reference pictures
+        assert stats.packets_decoded == stats.frames_decoded < 400 and stats.skipping
+
+
+def test_one_pass_for_short_files_and_for_one_worker(videos: Path) -> None:
+    path = write_video(videos / "short-ranges.mp4", range(400), options={"g": "40"})
+    default, single = DecodeStats(), DecodeStats()
+    clips = list(iter_clips(path, SMALL, stats=default))  # under a minute
+    assert default.ranges == 1
+    assert list(iter_clips(path, SMALL, ExtractOptions(workers=1), stats=single)) == clips
+    assert single.ranges == 1
+
+
+def test_a_corrupt_range_raises_after_the_completed_clips(
+    tmp_path: Path, short_ranges: None
+) -> None:
+    full = write_video(tmp_path / "full.mp4", range(300), noise=True, options={"g": "30"})
+    whole, _ = clips_or_media_error(full)
+    data = bytearray(full.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 20_000] = np.random.default_rng(1).bytes(20_000)
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(bytes(data))
+
+    clips: list[ExtractedClip] = []
+    with pytest.raises(MediaError, match="decoding failed at ") as error:
+        for clip in iter_clips(bad, SMALL, ExtractOptions(workers=2, min_frames=1)):
+            clips.append(clip)
+    assert str(bad) in str(error.value)
+    assert 0 < len(clips) < len(whole)
+    assert source_indices(clips) == source_indices(whole[: len(clips)])
+    assert [c.timestamps for c in clips] == [c.timestamps for c in whole[: len(clips)]]
+
+
+def test_stopping_early_with_ranges_closes_cleanly(videos: Path, short_ranges: None) -> None:
+    path = write_video(videos / "early-ranges.mp4", range(400), options={"g": "40"})
+    clips = iter_clips(path, SMALL, ExtractOptions(workers=2))
+    first = next(clips)
+    clips.close()  # shuts the worker processes down; nothing left running
+    assert first.index == 0 and read_counter(first.frames_jpeg[0]) == 0
+    assert not multiprocessing.active_children()
