@@ -29,13 +29,13 @@ IDR picture, a malformed packet) decodes every frame, as before.
 Ranges in parallel. A file of a minute or more with two or more IDR pictures is decoded by
 worker processes (one per core by default, ``ExtractOptions.workers``), each taking a range
 of packets that starts at an IDR picture: a decoder needs nothing from before an IDR
-picture, so each frame is still decoded once, to the same pixels, and each range skips its
-own unkept non-reference pictures. The sampler runs once, in the calling process, over the
-scan's presentation order, so the frames kept, their times and the clips are exactly those
-of one pass. A range whose kept frames do not all come out is decoded again in the calling
-process, every picture; a worker that dies has its range decoded there too. Open-GOP
-streams whose only IDR picture is the first (recovery points at CRA or I pictures) are
-decoded in one pass.
+picture, so each frame is still decoded once, to the same pixels; each range skips its own
+unkept non-reference pictures and stops once its last kept frame is out. The sampler runs
+once, in the calling process, over the scan's presentation order, so the frames kept, their
+times and the clips are exactly those of one pass. A range whose kept frames do not all
+come out is decoded again in the calling process, every picture; a worker that dies has
+its range decoded there too. Open-GOP streams whose only IDR picture is the first
+(recovery points at CRA or I pictures) are decoded in one pass.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ _MAX_REORDER = 16
 # Files with fewer frames are decoded in one pass: starting processes would cost more.
 _RANGES_MIN_FRAMES = 1800
 # Ranges per worker process: enough to even out the load, few enough to seek rarely.
-_RANGES_PER_WORKER = 4
+_RANGES_PER_WORKER = 8
 # At most this many packets a range (5 minutes at 30 fps), unless IDR pictures are rarer.
 _RANGE_MAX_PACKETS = 9000
 
@@ -911,8 +911,11 @@ def _decode_packets(
     container: InputContainer, stream: VideoStream, job: _Range, result: _RangeResult
 ) -> bool:
     """Decode the range's packets from where ``container`` is; False if its first packet
-    never came."""
+    never came. Stops once every kept frame has come out: no later packet changes them."""
     keep = job.plan.keep
+    if not keep:  # nothing kept here, nothing to decode
+        result.packets = job.packets
+        return True
 
     def take(frames: Iterable[Any]) -> None:
         for frame in frames:
@@ -936,6 +939,9 @@ def _decode_packets(
             continue
         result.packets_decoded += 1
         take(packet.decode())
+        if len(result.jpegs) == len(keep):
+            result.packets = job.packets  # the rest of the range is read no further
+            return True
     if started:
         take(stream.decode(None))
     return started

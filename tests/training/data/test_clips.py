@@ -596,10 +596,13 @@ def test_ranges_in_processes_give_one_pass_clips(
     assert stats.ranges > 2 and full_stats.ranges == 1
     assert stats.packets == full_stats.packets == 400
     assert stats.frames_kept == full_stats.frames_kept and stats.clips == len(full)
+    # A range stops once its kept frames are out: a few of its last pictures stay undecoded
+    # (and a few sent to the decoder are never output).
+    assert stats.frames_decoded <= stats.packets_decoded < 400
     if "no-b" in encoding:
-        assert stats.packets_decoded == stats.frames_decoded == 400 and not stats.skipping
-    else:  # every range still skips its unkept non-reference pictures
-        assert stats.packets_decoded == stats.frames_decoded < 400 and stats.skipping
+        assert stats.packets_decoded > 300 and not stats.skipping
+    else:  # every range also skips its unkept non-reference pictures
+        assert stats.packets_decoded < full_stats.packets_decoded - 50 and stats.skipping
 
 
 def test_one_pass_for_short_files_and_for_one_worker(videos: Path) -> None:
