@@ -51,7 +51,7 @@ import statistics
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -362,17 +362,26 @@ class _ClipCutter:
         self.stats.ranges = len(ranges)
         jpegs: dict[int, bytes] = {}
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+        def submit(job: _Range) -> Future[_RangeResult] | None:
+            try:
+                return pool.submit(_decode_range, job)
+            except BrokenProcessPool:  # a worker died: the rest is decoded here
+                return None
+
         try:
             # A few ranges in flight at a time, so memory stays bounded on long files.
-            ahead = [pool.submit(_decode_range, r) for r in ranges[: 2 * workers]]
+            ahead = [submit(r) for r in ranges[: 2 * workers]]
             for k, job in enumerate(ranges):
                 future = ahead.pop(0)
                 if k + len(ahead) + 1 < len(ranges):
-                    ahead.append(pool.submit(_decode_range, ranges[k + len(ahead) + 1]))
+                    ahead.append(submit(ranges[k + len(ahead) + 1]))
+                result = None
                 try:
-                    result = future.result()
+                    result = future.result() if future is not None else None
                 except BrokenProcessPool as exc:  # a worker died (killed, out of memory)
                     logger.warning("%s: decoding process lost (%s); decoding here", self.path, exc)
+                if result is None:
                     result = _decode_range(job)
                 if result.error is None and not job.plan.keep <= result.jpegs.keys():
                     # A kept frame did not come out (irregular stream): decode the range

@@ -642,3 +642,17 @@ def test_stopping_early_with_ranges_closes_cleanly(videos: Path, short_ranges: N
     clips.close()  # shuts the worker processes down; nothing left running
     assert first.index == 0 and read_counter(first.frames_jpeg[0]) == 0
     assert not multiprocessing.active_children()
+
+
+def test_a_killed_worker_loses_no_clip(
+    videos: Path, short_ranges: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_video(videos / "killed-ranges.mp4", range(400), options={"g": "40"})
+    one_pass = list(iter_clips(path, SMALL, ExtractOptions(workers=1, min_frames=1)))
+    clips = iter_clips(path, SMALL, ExtractOptions(workers=2, min_frames=1))
+    got = [next(clips)]
+    for child in multiprocessing.active_children():
+        child.kill()  # as the kernel's out-of-memory killer would
+    got += list(clips)
+    assert got == one_pass
+    assert "decoding process lost" in caplog.text  # the rest was decoded in this process
