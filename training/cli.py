@@ -179,7 +179,8 @@ def register_eval(sub: Any) -> None:
         help="score a model on held-out records (accuracy, mistakes, parse rate, latency)",
         description="MODEL is a local checkpoint folder, an OpenAI-compatible endpoint URL "
         "(e.g. http://127.0.0.1:30000/v1 for SGLang; give --api-model), or openai:MODEL "
-        "(e.g. openai:gpt-4o), so models are compared on the same clips and prompts.",
+        "(e.g. openai:gpt-4o), so models are compared on the same clips and prompts; "
+        "'embedded' is the embedded demo model.",
     )
     p.add_argument("--model", required=True, metavar="PATH_OR_ENDPOINT")
     p.add_argument("--data", required=True, nargs="+", metavar="RECORDS", help="records.jsonl")

@@ -25,7 +25,24 @@ EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded"
 """Where ``scripts/build_demo_model`` puts the embedded demo model (a tiny Qwen2.5-VL that
 knows the demo task only) and its held-out scores (``eval.json``)."""
 
+EMBEDDED = "embedded"
+"""The name that selects the embedded demo model wherever a model folder is asked for."""
+
+
+def model_folder(name: str | Path) -> Path:
+    """A model folder, or the embedded demo model's for :data:`EMBEDDED`."""
+    if str(name) != EMBEDDED:
+        return Path(name)
+    if not (EMBEDDED_MODEL_DIR / "config.json").is_file():
+        raise ModelLoadError(
+            f"the embedded demo model is not installed ({EMBEDDED_MODEL_DIR}); "
+            "scripts/build_demo_model builds it"
+        )
+    return EMBEDDED_MODEL_DIR
+
+
 __all__ = [
+    "EMBEDDED",
     "EMBEDDED_MODEL_DIR",
     "FAMILIES",
     "Encoded",
@@ -42,4 +59,5 @@ __all__ = [
     "load_model",
     "load_processor",
     "lora_target_modules",
+    "model_folder",
 ]

@@ -34,6 +34,7 @@ _OLD_OIL: Rgb = (36, 22, 10)
 _NEW_OIL: Rgb = (228, 170, 36)
 _STEEL: Rgb = (176, 180, 188)
 _APPEARANCE_STREAM = 7001
+_STAND = 40  # engine stand height, design units: room for the pan and the drain stream
 
 
 @dataclass(frozen=True)
@@ -114,11 +115,11 @@ def _shade(c: Rgb, k: float) -> Rgb:
 def _make_look(seed: int, cfg: SceneConfig) -> _Look:
     rng = np.random.default_rng([seed, _APPEARANCE_STREAM])
     w, h = cfg.width, cfg.height
-    u = min(w / 320.0, h / 240.0) * float(rng.uniform(1.0, 1.2))
+    u = min(w / 320.0, h / 240.0) * float(rng.uniform(1.25, 1.4))
     margin = math.ceil(cfg.max_shake_px) + 1 if cfg.max_shake_px > 0 else 0
-    floor_y = margin + h * float(rng.uniform(0.8, 0.86))
-    eb = floor_y - 46 * u
-    ex0 = margin + w * float(rng.uniform(0.36, 0.6)) - 55 * u
+    floor_y = margin + h * float(rng.uniform(0.84, 0.88))
+    eb = floor_y - _STAND * u
+    ex0 = margin + w * float(rng.uniform(0.42, 0.56)) - 55 * u
     grey = float(rng.uniform(95, 145))
     engine = tuple(int(np.clip(grey + rng.uniform(-10, 10), 0, 255)) for _ in range(3))
     skin_k = float(rng.uniform(0, 1))
@@ -130,7 +131,7 @@ def _make_look(seed: int, cfg: SceneConfig) -> _Look:
         _Distractor(
             kind=int(rng.integers(0, 3)),
             colour=_hsv(rng.uniform(), rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0)),
-            size=float(rng.uniform(8, 22)) * u,
+            size=float(rng.uniform(6, 14)) * u,
             x0=margin + float(rng.uniform(0, w)),
             y0=margin + float(rng.uniform(0, h)),
             vx=float(rng.uniform(-20, 20)) * u * float(rng.random() < 0.6),
@@ -196,7 +197,7 @@ def _engine_sprite(look: _Look, size: tuple[int, int]) -> tuple[Image.Image, tup
     d.ellipse((*p(72, 28), *p(82, 38)), fill=dark)
     d.rectangle((*p(18, -10), *p(34, 0)), fill=dark)  # filler neck
     d.rectangle((*p(21, -10), *p(31, -7)), fill=(15, 15, 15))  # its opening
-    d.rectangle((*p(90, -12), *p(94, 0)), fill=dark)  # dipstick tube
+    d.rectangle((*p(88, -12), *p(96, 0)), fill=dark)  # dipstick tube
     d.rectangle((*p(69, 66), *p(79, 70)), fill=(20, 20, 20))  # drain hole
     box = layer.getbbox() or (0, 0, 1, 1)
     return layer.crop(box), (box[0], box[1])
@@ -242,17 +243,19 @@ def _rotated(points: list[Point], origin: Point, angle: float) -> list[Point]:
 
 
 def _arm(d: ImageDraw.ImageDraw, look: _Look, grip: Point, toward: Point) -> None:
-    d.line((*grip, *toward), fill=look.sleeve, width=max(2, round(11 * look.u)))
-    r = 6.5 * look.u
+    d.line((*grip, *toward), fill=look.sleeve, width=max(2, round(15 * look.u)))
+    r = 9 * look.u
     d.ellipse((grip[0] - r, grip[1] - r, grip[0] + r, grip[1] + r), fill=look.skin)
 
 
 def _draw_cap(d: ImageDraw.ImageDraw, look: _Look, centre: Point, twist: float) -> None:
     u, (x, y) = look.u, centre
-    d.rounded_rectangle(_box(centre, 14 * u, 7 * u), radius=2 * u, fill=look.cap)
+    d.rounded_rectangle(_box(centre, 18 * u, 10 * u), radius=3 * u, fill=look.cap)
     for k in range(4):  # ridges, shifted to show the cap turning
-        rx = x - 10 * u + ((k * 5 + twist * 5) % 20) * u
-        d.line((rx, y - 5 * u, rx, y + 5 * u), fill=_shade(look.cap, 0.7), width=max(1, round(u)))
+        rx = x - 14 * u + ((k * 7 + twist * 7) % 28) * u
+        d.line(
+            (rx, y - 7 * u, rx, y + 7 * u), fill=_shade(look.cap, 0.7), width=max(1, round(2 * u))
+        )
 
 
 def _draw_stream(
@@ -310,21 +313,21 @@ def _draw_oil(
             start = look.margin + cfg.width + 50 * u if look.pan_side > 0 else look.margin - 50 * u
             cx = start + (home - start) * _phase(prog, 0.0, 0.35)
         _draw_pan(d, look, cx, fill, spill)
-        if step == PAN_IN and prog < 0.9:
+        if step == PAN_IN:  # the hand stays on the pan for the whole step
             grip = (cx + look.pan_side * 44 * u, look.floor_y - 12 * u)
             _arm(d, look, grip, (grip[0] + look.pan_side * 90 * u, grip[1] + 40 * u))
     elif fill > 0:  # no pan: the old oil makes a puddle on the floor
         d.ellipse(_box((home, look.floor_y + 3 * u), 50 * u * fill, 6 * u), fill=_OLD_OIL)
     if plug.out:
-        d.rectangle(_box((home + 56 * u, look.floor_y - 3 * u), 5 * u, 3 * u), fill=_STEEL)
+        d.rectangle(_box((home + 56 * u, look.floor_y - 5 * u), 8 * u, 5 * u), fill=_STEEL)
     else:
-        d.rectangle(_box((home, plug.y), 5 * u, 3 * u), fill=_STEEL)
+        d.rectangle(_box((home, plug.y), 8 * u, 5 * u), fill=_STEEL)
     surface = look.floor_y - 3 * u - 15 * u * fill if has_pan else look.floor_y
     hole = look.p(74, 70)
-    if step == DRAIN and prog < 0.93:
-        _draw_stream(d, hole, surface, _OLD_OIL, 6 * u if prog < 0.8 else 2 * u, t)
+    if step == DRAIN:
+        _draw_stream(d, hole, surface, _OLD_OIL, 11 * u if prog < 0.8 else 4 * u, t)
     if plug.out and step == POUR and 0.15 < prog < 0.85:
-        _draw_stream(d, hole, surface, _NEW_OIL, 4 * u, t)
+        _draw_stream(d, hole, surface, _NEW_OIL, 8 * u, t)
 
 
 def _draw_ratchet(d: ImageDraw.ImageDraw, look: _Look, s: SceneState, plug: _Plug) -> None:
@@ -335,13 +338,13 @@ def _draw_ratchet(d: ImageDraw.ImageDraw, look: _Look, s: SceneState, plug: _Plu
     angle = math.pi - swing if loosen else swing
     socket = (look.p(74, 0)[0], plug.y)
     dx, dy = math.cos(angle), math.sin(angle)
-    d.polygon(_bar(socket, angle, 58 * u, 9 * u), fill=_STEEL)
+    d.polygon(_bar(socket, angle, 66 * u, 14 * u), fill=_STEEL)
     d.polygon(
-        _bar((socket[0] + dx * 36 * u, socket[1] + dy * 36 * u), angle, 24 * u, 13 * u),
+        _bar((socket[0] + dx * 38 * u, socket[1] + dy * 38 * u), angle, 28 * u, 20 * u),
         fill=look.handle,
     )
-    d.ellipse(_box(socket, 7 * u, 7 * u), fill=_shade(_STEEL, 0.8))
-    grip = (socket[0] + dx * 50 * u, socket[1] + dy * 50 * u)
+    d.ellipse(_box(socket, 10 * u, 10 * u), fill=_shade(_STEEL, 0.8))
+    grip = (socket[0] + dx * 56 * u, socket[1] + dy * 56 * u)
     _arm(d, look, grip, (grip[0] + 40 * u, grip[1] + 90 * u))
 
 
@@ -354,14 +357,14 @@ def _draw_cap_state(d: ImageDraw.ImageDraw, look: _Look, s: SceneState) -> None:
         k = _phase(prog, 0.25, 0.4)
         x, y = _lerp(on_neck, rest, k)
         at = (x, y - 30 * u * math.sin(math.pi * k) - 3 * u * _phase(prog, 0.0, 0.25))
-        hand = prog < 0.85
+        hand = True  # every step keeps its hand in view until the step ends
     elif CAP_OFF in s.done:
         at = rest
         if s.step == CHECK_LEVEL:
             k = _phase(prog, 0.74, 0.9)
             x, y = _lerp(rest, on_neck, k)
             at = (x, y - 30 * u * math.sin(math.pi * k))
-            hand = 0.7 < prog < 0.97
+            hand = prog > 0.7
     _draw_cap(d, look, at, s.time_s * 3 if hand else 0.0)
     if hand:
         _arm(d, look, (at[0], at[1] - 4 * u), (at[0] - 50 * u, at[1] - 90 * u))
@@ -372,18 +375,20 @@ _LABEL = [(-14, 26), (14, 26), (14, 40), (-14, 40)]
 
 
 def _draw_bottle(d: ImageDraw.ImageDraw, look: _Look, s: SceneState) -> None:
-    """The oil bottle tilting in over the filler neck and pouring a golden stream."""
+    """The oil bottle tilting in from the upper left over the filler neck, pouring a golden
+    stream (from the left, so it never covers the dipstick on the right)."""
     u, prog, t = look.u, s.progress, s.time_s
-    home = look.p(28, -20)
+    home = look.p(26, -20)
     k = _phase(prog, 0.0, 0.15) * (1 - _phase(prog, 0.85, 1.0))
-    tip = (home[0] + 70 * u * (1 - k), home[1] - 40 * u * (1 - k))
-    angle = math.radians(-20 - 80 * k + 4 * math.sin(t * 5) * k)
+    tip = (home[0] - 70 * u * (1 - k), home[1] - 40 * u * (1 - k))
+    angle = math.radians(20 + 80 * k + 4 * math.sin(t * 5) * k)
     if 0.15 < prog < 0.85:
-        _draw_stream(d, tip, look.et - 10 * u, _NEW_OIL, 4 * u, t)
-    d.polygon(_rotated([(x * u, y * u) for x, y in _BOTTLE], tip, angle), fill=look.bottle)
-    d.polygon(_rotated([(x * u, y * u) for x, y in _LABEL], tip, angle), fill=(238, 238, 230))
-    grip = _rotated([(0.0, 44 * u)], tip, angle)[0]
-    _arm(d, look, grip, (grip[0] + 70 * u, grip[1] - 80 * u))
+        _draw_stream(d, tip, look.et - 10 * u, _NEW_OIL, 8 * u, t)
+    b = 1.4 * u  # the bottle's own scale
+    d.polygon(_rotated([(x * b, y * b) for x, y in _BOTTLE], tip, angle), fill=look.bottle)
+    d.polygon(_rotated([(x * b, y * b) for x, y in _LABEL], tip, angle), fill=(238, 238, 230))
+    grip = _rotated([(0.0, 44 * b)], tip, angle)[0]
+    _arm(d, look, grip, (grip[0] - 70 * u, grip[1] - 80 * u))
 
 
 def _draw_dipstick(d: ImageDraw.ImageDraw, look: _Look, s: SceneState) -> None:
@@ -395,16 +400,16 @@ def _draw_dipstick(d: ImageDraw.ImageDraw, look: _Look, s: SceneState) -> None:
         back = 1 - _phase(prog, 0.62, 0.72)
         lift, turn = _phase(prog, 0.0, 0.1) * back, _phase(prog, 0.06, 0.16) * back
     ring = _lerp((tube[0], tube[1] - 4 * u), (tube[0] + 6 * u, look.et - 30 * u), lift)
-    width = max(2, round(5 * u))
+    width = max(2, round(9 * u))
     if lift > 0:  # straight down into the tube, turning to point left when held level
         angle = math.pi / 2 * (1 + turn) + 0.12 * turn * math.sin(s.time_s * 2.5)
-        end = (ring[0] + math.cos(angle) * 46 * u, ring[1] + math.sin(angle) * 46 * u)
+        end = (ring[0] + math.cos(angle) * 56 * u, ring[1] + math.sin(angle) * 56 * u)
         if turn == 0:
             end = (ring[0], min(end[1], tube[1]))
         d.line((*ring, *end), fill=_STEEL, width=width)
         if turn > 0.5:  # the oil mark on its end
             d.line((*_lerp(ring, end, 0.75), *end), fill=_NEW_OIL, width=width)
-    d.ellipse(_box(ring, 7 * u, 7 * u), outline=(240, 120, 20), width=max(2, round(3 * u)))
+    d.ellipse(_box(ring, 10 * u, 10 * u), outline=(240, 120, 20), width=max(2, round(5 * u)))
     if s.step == CHECK_LEVEL and prog < 0.72:
         _arm(d, look, ring, (ring[0] + 60 * u, ring[1] - 90 * u))
 

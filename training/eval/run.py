@@ -23,11 +23,13 @@ from lavia_live.engines.base import Engine, EngineError, GenerationOptions, comp
 from lavia_live.engines.local import LocalEngine
 from lavia_live.engines.openai import OpenAIEngine, OpenAIEngineOptions
 from lavia_live.errors import RecordError
+from lavia_live.models import model_folder
 from training.eval.metrics import ClipScore, Totals, score, totals
 
 
 def open_engine(model: str, *, api_model: str | None, api_key_env: str, device: str) -> Engine:
-    """``http(s)://.../v1`` or ``openai:MODEL`` -> an OpenAI-compatible engine; else a folder."""
+    """``http(s)://.../v1`` or ``openai:MODEL`` -> an OpenAI-compatible engine; else a folder
+    (``embedded``: the embedded demo model)."""
     if model.startswith(("http://", "https://")):
         return OpenAIEngine(
             OpenAIEngineOptions(
@@ -38,7 +40,7 @@ def open_engine(model: str, *, api_model: str | None, api_key_env: str, device: 
         return OpenAIEngine(
             OpenAIEngineOptions(model=model.split(":", 1)[1], api_key_env=api_key_env)
         )
-    return LocalEngine(model, device=device)
+    return LocalEngine(model_folder(model), device=device)
 
 
 @dataclass
