@@ -387,6 +387,8 @@ class _ClipCutter:
                     # A kept frame did not come out (irregular stream): decode the range
                     # again here, every picture, as one pass would.
                     result = _decode_range(replace(job, plan=replace(job.plan, skips=False)))
+                    if result.error is None and not job.plan.keep <= result.jpegs.keys():
+                        result.error = "kept frames missing from the decoder"
                 self.stats.packets += result.packets
                 self.stats.packets_decoded += result.packets_decoded
                 self.stats.frames_decoded += result.frames_decoded
@@ -400,9 +402,6 @@ class _ClipCutter:
                 if result.error is not None:
                     self.reached = float(job.start_pts * plan.time_base)
                     raise self._error("decoding failed", result.error)
-                if not job.plan.keep <= result.jpegs.keys():
-                    self.reached = float(job.start_pts * plan.time_base)
-                    raise self._error("decoding failed", "kept frames missing from the decoder")
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -897,20 +896,19 @@ def _ranges(
 def _decode_range(job: _Range) -> _RangeResult:
     """Decode one range (in a worker process): the JPEGs of its kept frames and counts."""
     result = _RangeResult()
+    # Seek to the range's IDR picture; if the seek went past it, read from the top.
+    attempts = (True, False) if job.start_pts != 0 else (False,)
     try:
-        with _open(Path(job.path)) as container:
-            stream = container.streams[job.stream_index]
-            assert isinstance(stream, VideoStream)
-            stream.codec_context.thread_count = 1  # the parallelism is the processes'
-            if job.start_pts != 0:
-                container.seek(job.start_pts, backward=True, any_frame=False, stream=stream)
-            if not _decode_packets(container, stream, job, result):
-                with _open(Path(job.path)) as again:  # the seek went past: read from the top
-                    stream = again.streams[job.stream_index]
-                    assert isinstance(stream, VideoStream)
-                    stream.codec_context.thread_count = 1
-                    if not _decode_packets(again, stream, job, result):
-                        result.error = f"no packet with pts {job.start_pts}"
+        for seek in attempts:
+            with _open(Path(job.path)) as container:
+                stream = container.streams[job.stream_index]
+                assert isinstance(stream, VideoStream)
+                stream.codec_context.thread_count = 1  # the parallelism is the processes'
+                if seek:
+                    container.seek(job.start_pts, backward=True, any_frame=False, stream=stream)
+                if _decode_packets(container, stream, job, result):
+                    return result
+        result.error = f"no packet with pts {job.start_pts}"
     except (av.FFmpegError, MediaError) as exc:
         result.error = str(exc)
     return result
