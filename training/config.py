@@ -98,6 +98,14 @@ class TrainSettings(_Section):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     freeze_vision: bool = True
+    vision_warmup_epochs: float = Field(
+        0.0,
+        ge=0,
+        description="before training, epochs of step classification on each clip's last frame "
+        "for the trainable vision weights (0: off; for models trained from scratch)",
+    )
+    vision_warmup_lr: float = Field(1e-3, gt=0)
+    vision_warmup_batch: int = Field(32, ge=1, description="frames per warm-up step")
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; wins over epochs")
     batch_size: int = Field(1, ge=1, description="examples per device per micro-batch")

@@ -327,6 +327,13 @@ def _vision_prefix(family: Family) -> tuple[str, str]:
     return "model.vision_tower.", ""
 
 
+def vision_parameters(model: Any, family: Family) -> list[tuple[str, torch.nn.Parameter]]:
+    """The vision tower's and its projector's (LLaVA) / merger's (Qwen) named parameters."""
+    tower, _ = _vision_prefix(family)
+    prefixes = (tower,) if family == "qwen2_5_vl" else (tower, "model.multi_modal_projector.")
+    return [(n, p) for n, p in model.named_parameters() if n.startswith(prefixes)]
+
+
 def freeze_vision(model: Any, family: Family) -> None:
     """Freeze the vision tower; the projector (LLaVA) / merger (Qwen) and the LLM train."""
     tower, keep = _vision_prefix(family)

@@ -63,7 +63,7 @@ class Trainer:
             gradient_accumulation_steps=settings.grad_accum,
         )
         set_seed(settings.seed)
-        self.loaded = prepare_model(settings)
+        self.loaded = prepare_model(settings, warm_up=True, progress=progress)
         tokenizer = self.loaded.processor.tokenizer
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         self.train_set = RecordDataset(

@@ -37,8 +37,11 @@ def resolve_precision(settings: TrainSettings) -> str:
     return "no"
 
 
-def prepare_model(settings: TrainSettings) -> LoadedModel:
-    """Load the base model and make the right parameters trainable for ``settings.method``."""
+def prepare_model(
+    settings: TrainSettings, *, warm_up: bool = False, progress: bool | None = None
+) -> LoadedModel:
+    """Load the base model and make the right parameters trainable for ``settings.method``;
+    with ``warm_up``, run the vision warm-up (``settings.vision_warmup_epochs``) first."""
     if settings.model is None:
         raise TrainError("no base model: set train.model (a local Hugging Face model folder)")
     if settings.init_tiny and not settings.model.exists():
@@ -66,6 +69,10 @@ def prepare_model(settings: TrainSettings) -> LoadedModel:
     model = loaded.model
     if settings.freeze_vision:
         freeze_vision(model, loaded.family)
+    if warm_up and settings.vision_warmup_epochs > 0:
+        from training.train.vision_warmup import warm_up_vision
+
+        warm_up_vision(loaded, settings, progress=progress)
     if settings.method in ("lora", "qlora"):
         model = _with_lora(model, loaded, settings)
     if settings.gradient_checkpointing:

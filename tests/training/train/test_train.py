@@ -183,3 +183,52 @@ def test_llava_family_trains_with_lora(tmp_path: Path, demo_records: Path) -> No
     losses = [h["loss"] for h in result.state.history if "loss" in h]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert load_model(result.final_dir).family == "llava"
+
+
+def test_vision_warmup_trains_vision_weights_only_and_is_not_repeated(
+    tmp_path: Path, tiny_base: Path, demo_records: Path
+) -> None:
+    import json
+
+    from lavia_live.models.families import vision_parameters
+    from training.train.setup import prepare_model
+    from training.train.vision_warmup import REPORT_FILE, last_frames
+
+    s = settings(
+        tmp_path,
+        tiny_base,
+        demo_records,
+        freeze_vision=False,
+        val_records=[demo_records],
+        vision_warmup_epochs=30,
+        vision_warmup_lr=3e-3,
+    )
+    plain = params(prepare_model(s).model)
+    loaded = prepare_model(s, warm_up=True, progress=False)
+    warmed = params(loaded.model)
+    vision = {n for n, _ in vision_parameters(loaded.model, loaded.family)}
+    assert any(n.startswith("model.visual.merger.") for n in vision)
+    assert all(not torch.equal(plain[n], warmed[n]) for n in vision)
+    assert all(torch.equal(plain[n], warmed[n]) for n in plain if n not in vision)
+    report = json.loads((tmp_path / "run" / REPORT_FILE).read_text())
+    frames = last_frames(load_examples([demo_records]))
+    assert report["frames"] == len(frames) and len(report["classes"]) >= 4
+    assert report["classes"] == sorted({label for _, label in frames})
+    # the frames are learnable: the warm-up fits them (chance is 1 / classes)
+    assert report["train_accuracy"] >= 0.9 and report["val_accuracy"] >= 0.9
+    # a second start (a resumed run) loads the warm-up instead of repeating it
+    again = params(prepare_model(s, warm_up=True, progress=False).model)
+    assert all(torch.equal(again[n], warmed[n]) for n in warmed)
+    assert json.loads((tmp_path / "run" / REPORT_FILE).read_text()) == report
+
+
+def test_vision_warmup_with_a_frozen_tower_trains_the_merger(
+    tmp_path: Path, tiny_base: Path, demo_records: Path
+) -> None:
+    from training.train.setup import prepare_model
+
+    s = settings(tmp_path, tiny_base, demo_records, vision_warmup_epochs=1)
+    plain = params(prepare_model(s).model)
+    warmed = params(prepare_model(s, warm_up=True, progress=False).model)
+    moved = {n for n in plain if not torch.equal(plain[n], warmed[n])}
+    assert moved and all(n.startswith("model.visual.merger.") for n in moved)
