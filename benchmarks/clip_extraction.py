@@ -2,14 +2,15 @@
 
     python benchmarks/clip_extraction.py [--minutes 5] [--height 1080] [--fps 30] [--work DIR]
                                          [--profile x264-default|ultrafast|all] [--repeat N]
-                                         [--methods original,ours,decode-only]
+                                         [--methods original,ours,decode-only,...]
 
 Generates (once, cached in ``benchmarks/.cache``) H.264 videos of the same moving, textured
 content in two encodings, and prints one table for each:
 
 - ``x264-default``: libx264's default settings (preset medium: 3 B-frames with B-pyramid,
-  CABAC), like typical camera and online H.264. About half of its pictures are
-  non-reference B-frames, which ``iter_clips`` does not decode unless it keeps them.
+  CABAC), like typical online H.264. On this fast-moving content x264 picks few B-frames:
+  about 17% of its pictures are non-reference B-frames, which ``iter_clips`` does not
+  decode unless it keeps them; the rest are references every later kept frame needs.
 - ``ultrafast``: preset ultrafast, no B-frames: every picture is a reference, so every
   one must be decoded.
 
@@ -21,6 +22,10 @@ Each method runs in a fresh subprocess, so each gets its own peak memory:
 - ``ours``: ``iter_clips`` with default options, consuming every clip.
 - ``decode-only``: PyAV decodes every frame and does nothing else: the floor for any
   method that must decode every frame (``ours`` goes below it by skipping pictures).
+- ``reference-decode``: PyAV decodes only the reference pictures, one thread, nothing
+  else. No exact method can decode less (every kept frame depends on the reference chain
+  from its IDR picture), so its CPU seconds divided by the cores is the least wall time
+  any exact extraction can take on this machine: the table prints that floor.
 
 Wall time (spawn to exit), CPU seconds (user + sys of the child, from ``os.wait4``) and
 peak RSS (the child's own VmHWM; ``ru_maxrss`` would include the parent's peak from before
@@ -49,7 +54,7 @@ if str(REPO) not in sys.path:
 
 logger = logging.getLogger("clip_extraction")
 
-METHODS = ("original", "ours", "decode-only")
+METHODS = ("original", "ours", "decode-only", "reference-decode")
 
 
 # --------------------------------------------------------------------------- generation
@@ -227,7 +232,24 @@ def run_decode(video: Path) -> dict[str, float]:
     return {"decoded": decoded, "clips": 0, "kept": 0, "jpeg_mib": 0.0}
 
 
-RUNNERS = {"original": run_original, "ours": run_ours, "decode-only": run_decode}
+def run_reference_decode(video: Path) -> dict[str, float]:
+    """The floor of exact decoding: only the reference pictures, in one thread."""
+    import av
+
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "NONE"
+        stream.codec_context.skip_frame = "NONREF"
+        decoded = sum(1 for _ in container.decode(stream))
+    return {"decoded": decoded, "clips": 0, "kept": 0, "jpeg_mib": 0.0}
+
+
+RUNNERS = {
+    "original": run_original,
+    "ours": run_ours,
+    "decode-only": run_decode,
+    "reference-decode": run_reference_decode,
+}
 
 
 def child(method: str, video: Path) -> None:
@@ -277,6 +299,16 @@ def table(results: dict[str, dict[str, float]]) -> str:
                 f"{x['cpu_s'] / y['cpu_s']:.2f}x | {x['peak_rss_mib'] / y['peak_rss_mib']:.1f}x "
                 "| | | | |"
             )
+    if "reference-decode" in results:
+        cores = os.cpu_count() or 1
+        floor = results["reference-decode"]["cpu_s"] / cores
+        line = (
+            f"\nExact-decoding floor on {cores} cores: {floor:.1f} s wall "
+            f"({results['reference-decode']['cpu_s']:.1f} CPU-s of reference pictures / {cores})"
+        )
+        if "original" in results:
+            line += f"; 10x the original needs {results['original']['wall_s'] / 10:.1f} s"
+        rows.append(line)
     return "\n".join(rows)
 
 

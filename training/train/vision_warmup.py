@@ -33,6 +33,7 @@ from lavia_live.errors import RecordError
 from lavia_live.models.families import LoadedModel, vision_parameters
 from training.config import TrainSettings
 from training.train.data import Example, load_examples
+from training.train.setup import TrainError
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,14 @@ def warm_up_vision(
     if (out / REPORT_FILE).is_file() and (out / WEIGHTS_FILE).is_file():
         report = WarmupReport(**json.loads((out / REPORT_FILE).read_text(encoding="utf-8")))
         named = dict(vision_parameters(loaded.model, loaded.family))
+        saved = load_file(str(out / WEIGHTS_FILE))
+        if saved.keys() != named.keys() or any(saved[n].shape != named[n].shape for n in named):
+            raise TrainError(
+                f"{out / WEIGHTS_FILE} is the warm-up of another model; "
+                "use a new output_dir or delete it and its report to warm up again"
+            )
         with torch.no_grad():
-            for name, value in load_file(str(out / WEIGHTS_FILE)).items():
+            for name, value in saved.items():
                 named[name].copy_(value)
         log.info("vision warm-up loaded from %s", out / WEIGHTS_FILE)
         return report
@@ -85,7 +92,7 @@ def warm_up_vision(
     index = {label: i for i, label in enumerate(classes)}
     params = [p for _, p in vision_parameters(loaded.model, loaded.family) if p.requires_grad]
     if not params:
-        raise RecordError("vision warm-up: no trainable vision parameters (freeze_vision?)")
+        raise TrainError("vision warm-up: the model has no trainable vision parameters")
     model = loaded.model
     with torch.no_grad():
         width = _features(loaded, [train[0][0]]).shape[-1]

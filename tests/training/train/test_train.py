@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from lavia_live.contract.prompt import parse_llava_text
 from lavia_live.contract.records import read_records
@@ -192,7 +192,7 @@ def test_vision_warmup_trains_vision_weights_only_and_is_not_repeated(
 
     from lavia_live.models.families import vision_parameters
     from training.train.setup import prepare_model
-    from training.train.vision_warmup import REPORT_FILE, last_frames
+    from training.train.vision_warmup import REPORT_FILE, WEIGHTS_FILE, last_frames
 
     s = settings(
         tmp_path,
@@ -220,6 +220,10 @@ def test_vision_warmup_trains_vision_weights_only_and_is_not_repeated(
     again = params(prepare_model(s, warm_up=True, progress=False).model)
     assert all(torch.equal(again[n], warmed[n]) for n in warmed)
     assert json.loads((tmp_path / "run" / REPORT_FILE).read_text()) == report
+    # a warm-up left by another model in the run folder is not loaded into this one
+    save_file({"model.visual.other": torch.zeros(1)}, str(tmp_path / "run" / WEIGHTS_FILE))
+    with pytest.raises(TrainError, match="warm-up of another model"):
+        prepare_model(s, warm_up=True, progress=False)
 
 
 def test_vision_warmup_with_a_frozen_tower_trains_the_merger(
