@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from tqdm import tqdm
 
-from lavia_live.atomic import atomic_write_json
+from lavia_live.atomic import atomic_write_bytes, atomic_write_json
 from lavia_live.errors import RecordError
 from lavia_live.models.families import LoadedModel, vision_parameters
 from training.config import TrainSettings
@@ -148,9 +148,7 @@ def warm_up_vision(
     )
     out.mkdir(parents=True, exist_ok=True)
     weights = {n: p.detach().contiguous() for n, p in vision_parameters(model, loaded.family)}
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file(weights, str(tmp))
-    tmp.replace(out / WEIGHTS_FILE)
+    atomic_write_bytes(out / WEIGHTS_FILE, save(weights))
     atomic_write_json(out / REPORT_FILE, asdict(report))
     log.info(
         "vision warm-up: %d frames, %d steps, train accuracy %.3f, val accuracy %s",
