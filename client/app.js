@@ -1,0 +1,856 @@
+// LaViA Live browser client: sends a camera (or the demo video) to the server over WebRTC
+// and shows the guidance, answers and state events that come back on the `lavia` data
+// channel. Plain ES module, standard APIs only, no build step. Protocol version 1 (see the
+// README): POST /offer with a complete (non-trickle) SDP offer, JSON events on the channel.
+
+const PROTOCOL = 1;
+const DEMO_SOURCE = "demo";
+const DEMO_TASK = "demo_oil_change";
+const DEMO_FPS = 5; // the server samples one frame a second; 5 fps is plenty
+const ICE_GATHER_TIMEOUT_MS = 5000; // aiortc does not trickle: send what is gathered by then
+const OFFER_TIMEOUT_MS = 20000;
+const DISCONNECTED_GRACE_MS = 4000; // 'disconnected' often recovers by itself
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 10000;
+const MAX_ANSWERS = 20;
+const TOKEN_KEY = "lavia.token";
+const DEFAULT_CAPTURE = { width: 640, height: 480, frame_rate: 5 };
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  connection: $("connection"),
+  connectionText: $("connection-text"),
+  setup: $("setup"),
+  task: $("task"),
+  source: $("source"),
+  tokenField: $("token-field"),
+  token: $("token"),
+  start: $("start"),
+  stop: $("stop"),
+  demo: $("demo"),
+  error: $("error"),
+  preview: $("preview"),
+  previewCaption: $("preview-caption"),
+  status: $("status"),
+  warning: $("warning"),
+  warningText: $("warning-text"),
+  warningDismiss: $("warning-dismiss"),
+  guidance: $("guidance"),
+  currentStep: $("current-step"),
+  nextStep: $("next-step"),
+  reset: $("reset"),
+  progress: $("progress"),
+  progressText: $("progress-text"),
+  checklist: $("checklist"),
+  ask: $("ask"),
+  question: $("question"),
+  askButton: $("ask-button"),
+  answers: $("answers"),
+  demoVideo: $("demo-video"),
+};
+
+const app = {
+  config: null,
+  tasks: new Map(), // id -> {id, title, steps}
+  running: false, // between the user's Start and Stop
+  live: false, // the server said hello on the current channel
+  media: null, // {stream, track, demo, stop()} of the source being sent
+  pc: null,
+  dc: null,
+  sender: null,
+  generation: 0, // bumped on every teardown: events of an old peer are ignored
+  retryDelay: RETRY_FIRST_MS,
+  retryTimer: null,
+  disconnectTimer: null,
+  session: null,
+  sessionTask: null, // {id, title, steps} the server is guiding
+  progress: { done: new Set(), current: null },
+  warning: null,
+  answers: new Map(), // question id -> {li, text}
+};
+
+class ServerError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+// ---------------------------------------------------------------- start-up
+
+async function init() {
+  wireEvents();
+  ui.token.value = readToken();
+  try {
+    const [config, library] = await Promise.all([getJson("/api/config"), getJson("/api/tasks")]);
+    app.config = config;
+    fillTasks(library);
+    ui.tokenField.hidden = !config.auth;
+    ui.demo.hidden = !config.demo_video;
+    await fillSources();
+    ui.start.disabled = false;
+    setStatus("Not connected. Pick a task and a video source, then press Start.");
+  } catch (err) {
+    showError(
+      `Could not load the task list from the server (${describe(err)}). ` +
+        "Check that the server is running, then reload this page.",
+    );
+  }
+}
+
+async function getJson(path) {
+  const resp = await fetch(path, { headers: { Accept: "application/json" } });
+  if (!resp.ok) throw await serverError(resp);
+  return resp.json();
+}
+
+function fillTasks(library) {
+  app.tasks.clear();
+  const options = library.tasks.map((task) => {
+    app.tasks.set(task.id, task);
+    return new Option(task.title, task.id);
+  });
+  ui.task.replaceChildren(...options);
+  const preferred = library.default_task;
+  if (preferred && app.tasks.has(preferred)) ui.task.value = preferred;
+  ui.task.disabled = options.length === 0;
+  showTaskPreview();
+}
+
+// Camera list: labels (and real device ids) are given only after camera permission, so
+// the list is filled again once a camera has been opened.
+async function fillSources(selectDeviceId) {
+  const keep = selectDeviceId ?? ui.source.value;
+  const options = [];
+  let cameras = [];
+  if (navigator.mediaDevices?.enumerateDevices) {
+    try {
+      cameras = (await navigator.mediaDevices.enumerateDevices()).filter(
+        (d) => d.kind === "videoinput",
+      );
+    } catch {
+      cameras = [];
+    }
+  }
+  const labelled = cameras.filter((d) => d.deviceId && d.label);
+  if (labelled.length) {
+    labelled.forEach((d, i) => options.push(new Option(d.label || `Camera ${i + 1}`, d.deviceId)));
+  } else if (cameras.length || navigator.mediaDevices?.getUserMedia) {
+    options.push(new Option("Default camera", ""));
+  }
+  if (app.config?.demo_video) options.push(new Option("Demo video (oil change)", DEMO_SOURCE));
+  ui.source.replaceChildren(...options);
+  const values = options.map((o) => o.value);
+  if (values.includes(keep)) ui.source.value = keep;
+  else if (!cameras.length && values.includes(DEMO_SOURCE)) ui.source.value = DEMO_SOURCE;
+}
+
+function wireEvents() {
+  ui.setup.addEventListener("submit", (event) => {
+    event.preventDefault();
+    start();
+  });
+  ui.stop.addEventListener("click", () => stop());
+  ui.demo.addEventListener("click", () => useDemo());
+  ui.task.addEventListener("change", () => changeTask());
+  ui.source.addEventListener("change", () => {
+    if (app.running) switchSource();
+  });
+  ui.token.addEventListener("change", () => saveToken(ui.token.value.trim()));
+  ui.reset.addEventListener("click", () => {
+    if (send({ type: "reset" })) clearGuidance("Starting over…");
+  });
+  ui.warningDismiss.addEventListener("click", () => {
+    hideWarning();
+    ui.guidance.focus();
+  });
+  ui.ask.addEventListener("submit", (event) => {
+    event.preventDefault();
+    askQuestion();
+  });
+  navigator.mediaDevices?.addEventListener?.("devicechange", () => fillSources());
+  window.addEventListener("pagehide", () => {
+    app.running = false;
+    teardownPeer();
+  });
+}
+
+// ---------------------------------------------------------------- start / stop
+
+async function start() {
+  if (app.running) return;
+  clearError();
+  const task = ui.task.value;
+  if (!app.tasks.has(task)) {
+    showError("Pick a task first.");
+    return;
+  }
+  if (!ui.tokenField.hidden) saveToken(ui.token.value.trim());
+  app.running = true;
+  app.retryDelay = RETRY_FIRST_MS;
+  updateButtons();
+  setConnection("connecting");
+  try {
+    app.media = await openSource(ui.source.value);
+  } catch (err) {
+    stop();
+    showError(describeMediaError(err));
+    return;
+  }
+  if (!app.running) {
+    closeSource();
+    return;
+  }
+  showPreview();
+  connect();
+}
+
+function stop() {
+  app.running = false;
+  clearTimeout(app.retryTimer);
+  app.retryTimer = null;
+  teardownPeer();
+  closeSource();
+  app.session = null;
+  delete ui.connection.dataset.session;
+  setConnection("stopped");
+  setStatus("Not connected.");
+  updateButtons();
+}
+
+function useDemo() {
+  if (!app.config?.demo_video) return;
+  ui.source.value = DEMO_SOURCE;
+  if (app.tasks.has(DEMO_TASK) && ui.task.value !== DEMO_TASK) {
+    ui.task.value = DEMO_TASK;
+    changeTask();
+  }
+  if (app.running) switchSource();
+  else start();
+}
+
+function changeTask() {
+  const task = ui.task.value;
+  if (app.running && app.live) {
+    send({ type: "task", task });
+    app.sessionTask = null;
+    clearGuidance("Switching task…");
+  } else if (!app.running) {
+    showTaskPreview();
+  }
+  // While connecting, the next offer carries the selected task.
+}
+
+function updateButtons() {
+  ui.start.disabled = app.running || !app.tasks.size;
+  ui.stop.disabled = !app.running;
+  const canTalk = app.running && app.live;
+  ui.question.disabled = !canTalk;
+  ui.askButton.disabled = !canTalk;
+  ui.reset.disabled = !canTalk;
+}
+
+// ---------------------------------------------------------------- video sources
+
+async function openSource(value) {
+  if (value === DEMO_SOURCE) return openDemo();
+  return openCamera(value);
+}
+
+async function openCamera(deviceId) {
+  if (!navigator.mediaDevices?.getUserMedia) {
+    throw new DOMException(
+      "Camera access needs a secure page (https:// or localhost).",
+      "SecurityError",
+    );
+  }
+  const capture = { ...DEFAULT_CAPTURE, ...(app.config?.capture ?? {}) };
+  const video = {
+    width: { ideal: capture.width },
+    height: { ideal: capture.height },
+    frameRate: { ideal: capture.frame_rate, max: Math.max(10, capture.frame_rate) },
+  };
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({
+      video: deviceId ? { ...video, deviceId: { exact: deviceId } } : video,
+      audio: false,
+    });
+  } catch (err) {
+    // A camera that was unplugged since the list was made: fall back to the default one.
+    if (!deviceId || !["OverconstrainedError", "NotFoundError"].includes(err.name)) throw err;
+    stream = await navigator.mediaDevices.getUserMedia({ video, audio: false });
+  }
+  const track = stream.getVideoTracks()[0];
+  await fillSources(track.getSettings().deviceId || deviceId);
+  return {
+    stream,
+    track,
+    demo: false,
+    stop: () => stream.getTracks().forEach((t) => t.stop()),
+  };
+}
+
+// The demo source: the demo video plays (muted, looped) in a hidden <video>, is drawn onto a
+// canvas and the canvas stream goes through the same WebRTC path as a camera.
+async function openDemo() {
+  const video = ui.demoVideo;
+  video.src = app.config.demo_video;
+  video.muted = true;
+  video.loop = true;
+  video.currentTime = 0;
+  await video.play();
+  if (!video.videoWidth) await once(video, "loadedmetadata");
+  const canvas = document.createElement("canvas");
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  const context = canvas.getContext("2d");
+  const draw = () => context.drawImage(video, 0, 0, canvas.width, canvas.height);
+  draw();
+  const timer = setInterval(draw, 1000 / DEMO_FPS);
+  const stream = canvas.captureStream(DEMO_FPS);
+  return {
+    stream,
+    track: stream.getVideoTracks()[0],
+    demo: true,
+    stop: () => {
+      clearInterval(timer);
+      stream.getTracks().forEach((t) => t.stop());
+      video.pause();
+      video.removeAttribute("src");
+      video.load();
+    },
+  };
+}
+
+function closeSource() {
+  if (app.media) app.media.stop();
+  app.media = null;
+  ui.preview.srcObject = null;
+  ui.previewCaption.textContent = "Preview of what is being sent";
+}
+
+function showPreview() {
+  const media = app.media;
+  ui.preview.srcObject = media.stream;
+  ui.preview.play().catch(() => {});
+  ui.previewCaption.textContent = media.demo
+    ? "Sending the demo video"
+    : `Sending: ${media.track.label || "camera"}`;
+  media.track.addEventListener("ended", () => {
+    if (app.media !== media || !app.running) return;
+    stop();
+    showError("The camera stopped sending video (was it unplugged or taken by another app?).");
+  });
+}
+
+// Change the source while connected: the new track replaces the old one on the same sender.
+async function switchSource() {
+  clearError();
+  let media;
+  try {
+    media = await openSource(ui.source.value);
+  } catch (err) {
+    showError(describeMediaError(err));
+    return;
+  }
+  if (!app.running) {
+    media.stop();
+    return;
+  }
+  const old = app.media;
+  app.media = media;
+  showPreview();
+  if (app.sender) {
+    try {
+      await app.sender.replaceTrack(media.track);
+    } catch {
+      scheduleReconnect("the new video source needs a new connection");
+    }
+  }
+  if (old) old.stop();
+}
+
+function once(target, name) {
+  return new Promise((resolve) => target.addEventListener(name, resolve, { once: true }));
+}
+
+// ---------------------------------------------------------------- WebRTC
+
+async function connect() {
+  const generation = ++app.generation;
+  const stale = () => generation !== app.generation || !app.running;
+  app.live = false;
+  updateButtons();
+  setConnection(app.session ? "reconnecting" : "connecting");
+  const pc = new RTCPeerConnection({ iceServers: app.config.ice_servers ?? [] });
+  app.pc = pc;
+  // Video track and data channel both exist before the offer is made.
+  const transceiver = pc.addTransceiver(app.media.track, {
+    direction: "sendonly",
+    streams: [app.media.stream],
+  });
+  app.sender = transceiver.sender;
+  const dc = pc.createDataChannel("lavia");
+  app.dc = dc;
+  dc.addEventListener("message", (event) => {
+    if (!stale()) onMessage(event.data);
+  });
+  dc.addEventListener("close", () => {
+    if (!stale()) scheduleReconnect("the connection to the server closed");
+  });
+  pc.addEventListener("connectionstatechange", () => {
+    if (!stale()) onConnectionState(pc.connectionState);
+  });
+  try {
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGatheringDone(pc, ICE_GATHER_TIMEOUT_MS);
+    if (stale()) return;
+    const answer = await postOffer(pc.localDescription, ui.task.value);
+    if (stale()) return;
+    app.session = answer.session;
+    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  } catch (err) {
+    if (stale()) return;
+    onConnectFailed(err);
+  }
+}
+
+function iceGatheringDone(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const finish = () => {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", onState);
+      pc.removeEventListener("icecandidate", onCandidate);
+      resolve();
+    };
+    const onState = () => {
+      if (pc.iceGatheringState === "complete") finish();
+    };
+    const onCandidate = (event) => {
+      if (!event.candidate) finish();
+    };
+    const timer = setTimeout(finish, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", onState);
+    pc.addEventListener("icecandidate", onCandidate);
+  });
+}
+
+async function postOffer(offer, task) {
+  const headers = { "Content-Type": "application/json", Accept: "application/json" };
+  const token = ui.tokenField.hidden ? "" : ui.token.value.trim();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), OFFER_TIMEOUT_MS);
+  try {
+    const resp = await fetch("/offer", {
+      method: "POST",
+      headers,
+      body: JSON.stringify({ sdp: offer.sdp, type: offer.type, task }),
+      signal: abort.signal,
+    });
+    if (!resp.ok) throw await serverError(resp);
+    const answer = await resp.json();
+    if (answer.type !== "answer" || typeof answer.sdp !== "string") {
+      throw new ServerError(resp.status, "bad_answer", "The server sent an unusable answer.");
+    }
+    return answer;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function serverError(resp) {
+  let code = "http_" + resp.status;
+  let message = "";
+  try {
+    const body = await resp.json();
+    if (body?.error) {
+      code = body.error.code || code;
+      message = body.error.message || "";
+    }
+  } catch {
+    // not JSON: the status says enough
+  }
+  return new ServerError(resp.status, code, message || `HTTP ${resp.status} ${resp.statusText}`);
+}
+
+function onConnectFailed(err) {
+  if (err instanceof ServerError) {
+    const fatal = [400, 401, 403, 404, 413].includes(err.status);
+    if (fatal) {
+      stop();
+      showError(describeOfferError(err));
+      if (err.status === 401) {
+        ui.tokenField.hidden = false;
+        ui.token.focus();
+      }
+      return;
+    }
+  }
+  scheduleReconnect(describeOfferError(err));
+}
+
+function onConnectionState(state) {
+  clearTimeout(app.disconnectTimer);
+  app.disconnectTimer = null;
+  if (state === "connected") {
+    if (app.live) setConnection("live");
+  } else if (state === "disconnected") {
+    setConnection("reconnecting", "Connection unstable…");
+    app.disconnectTimer = setTimeout(
+      () => scheduleReconnect("the network connection dropped"),
+      DISCONNECTED_GRACE_MS,
+    );
+  } else if (state === "failed") {
+    scheduleReconnect("the network connection failed");
+  }
+}
+
+function scheduleReconnect(reason) {
+  if (!app.running || app.retryTimer) return;
+  teardownPeer();
+  const delay = app.retryDelay;
+  app.retryDelay = Math.min(delay * 2, RETRY_MAX_MS);
+  const seconds = Math.round(delay / 1000);
+  setConnection("reconnecting", `Reconnecting in ${seconds} s…`);
+  setStatus(`Lost the server: ${reason}. Trying again in ${seconds} s.`);
+  app.retryTimer = setTimeout(() => {
+    app.retryTimer = null;
+    if (app.running) connect();
+  }, delay);
+}
+
+function teardownPeer() {
+  app.generation++;
+  app.live = false;
+  clearTimeout(app.disconnectTimer);
+  app.disconnectTimer = null;
+  if (app.dc) app.dc.close();
+  if (app.pc) app.pc.close();
+  app.dc = null;
+  app.pc = null;
+  app.sender = null;
+  updateButtons();
+}
+
+function send(message) {
+  if (!app.dc || app.dc.readyState !== "open") return false;
+  app.dc.send(JSON.stringify(message));
+  return true;
+}
+
+// ---------------------------------------------------------------- server events
+
+function onMessage(data) {
+  let msg;
+  try {
+    msg = JSON.parse(data);
+  } catch {
+    return;
+  }
+  switch (msg?.type) {
+    case "hello":
+      return onHello(msg);
+    case "task":
+      return onTask(msg.task);
+    case "guidance":
+      return onGuidance(msg);
+    case "answer":
+      return onAnswer(msg);
+    case "state":
+      return onState(msg);
+    case "error":
+      return onServerEvent(msg);
+    default:
+      return undefined; // newer servers may send more kinds of events
+  }
+}
+
+function onHello(msg) {
+  if (msg.protocol !== PROTOCOL) {
+    showError(`This page speaks protocol ${PROTOCOL} but the server speaks ${msg.protocol}.`);
+  }
+  app.live = true;
+  app.retryDelay = RETRY_FIRST_MS;
+  app.session = msg.session;
+  ui.connection.dataset.session = msg.session ?? "";
+  setConnection("live");
+  setStatus(`Connected (model: ${msg.engine}). Waiting for the first frames…`);
+  updateButtons();
+  const sameTask = app.sessionTask?.id === msg.task.id;
+  app.sessionTask = msg.task;
+  if (ui.task.value !== msg.task.id) {
+    // The task was changed while reconnecting: tell the new session.
+    if (app.tasks.has(ui.task.value)) send({ type: "task", task: ui.task.value });
+  }
+  if (!sameTask) clearGuidance("Watching… the first guidance comes after a few seconds.");
+  else renderChecklist();
+}
+
+function onTask(task) {
+  app.sessionTask = task;
+  if (app.tasks.has(task.id)) ui.task.value = task.id;
+  clearGuidance("Watching… the first guidance comes after a few seconds.");
+}
+
+function onGuidance(g) {
+  ui.currentStep.textContent = g.current_step;
+  ui.nextStep.textContent = g.next_step;
+  ui.guidance.dataset.currentIndex = g.current_index ?? "";
+  ui.guidance.dataset.nextIndex = g.next_index ?? "";
+  ui.guidance.dataset.complete = String(g.next_index === null && g.current_index !== null);
+  app.progress = { done: new Set(g.done ?? []), current: g.current_index ?? null };
+  renderChecklist();
+  if (g.warning) showWarning(g.warning);
+}
+
+function onAnswer(msg) {
+  let entry = app.answers.get(msg.id);
+  if (!entry) entry = addAnswer(msg.id, null);
+  if (msg.final) {
+    entry.text.textContent = msg.text ?? entry.text.textContent;
+    entry.li.removeAttribute("aria-busy");
+    entry.li.dataset.final = "true";
+  } else if (typeof msg.delta === "string") {
+    if (entry.li.dataset.waiting) {
+      entry.text.textContent = "";
+      delete entry.li.dataset.waiting;
+    }
+    entry.text.textContent += msg.delta;
+  }
+}
+
+function onState(s) {
+  const parts = [
+    `Frames: ${s.frames_received} received, ${s.frames_sampled} sampled`,
+    s.model_busy ? "model working" : "model idle",
+  ];
+  if (typeof s.last_latency_ms === "number") {
+    parts.push(`last answer ${Math.round(s.last_latency_ms)} ms`);
+  }
+  setStatus(parts.join(" · "));
+}
+
+function onServerEvent(msg) {
+  const text = msg.message || `The server reported a problem (${msg.code}).`;
+  const entry = msg.id ? app.answers.get(msg.id) : null;
+  if (entry) {
+    entry.text.textContent = `Could not answer: ${text}`;
+    entry.li.classList.add("failed");
+    entry.li.removeAttribute("aria-busy");
+    delete entry.li.dataset.waiting;
+  } else {
+    showError(text);
+  }
+}
+
+// ---------------------------------------------------------------- questions
+
+function askQuestion() {
+  const text = ui.question.value.trim();
+  if (!text) {
+    ui.question.focus();
+    return;
+  }
+  const id = newId();
+  if (!send({ type: "question", text: text.slice(0, 500), id })) {
+    showError("Not connected: press Start first, then ask.");
+    return;
+  }
+  addAnswer(id, text);
+  ui.question.value = "";
+}
+
+function addAnswer(id, question) {
+  const li = document.createElement("li");
+  li.className = "answer";
+  li.setAttribute("aria-busy", "true");
+  li.dataset.waiting = "true";
+  const q = document.createElement("p");
+  q.className = "q";
+  q.textContent = question ?? "Question";
+  const a = document.createElement("p");
+  a.className = "a";
+  a.textContent = "Thinking…";
+  li.append(q, a);
+  ui.answers.prepend(li);
+  const entry = { li, text: a };
+  app.answers.set(id, entry);
+  while (ui.answers.children.length > MAX_ANSWERS) ui.answers.lastElementChild.remove();
+  for (const [key, value] of app.answers) {
+    if (!value.li.isConnected) app.answers.delete(key);
+  }
+  return entry;
+}
+
+function newId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  return Math.random().toString(36).slice(2) + Date.now().toString(36);
+}
+
+// ---------------------------------------------------------------- rendering
+
+function showTaskPreview() {
+  app.sessionTask = null;
+  clearGuidance("Press Start, or try the demo video.");
+}
+
+function currentSteps() {
+  return app.sessionTask?.steps ?? app.tasks.get(ui.task.value)?.steps ?? [];
+}
+
+function clearGuidance(message) {
+  ui.currentStep.textContent = message;
+  ui.nextStep.textContent = "—";
+  ui.guidance.dataset.currentIndex = "";
+  ui.guidance.dataset.nextIndex = "";
+  ui.guidance.dataset.complete = "false";
+  app.progress = { done: new Set(), current: null };
+  hideWarning();
+  renderChecklist();
+}
+
+function renderChecklist() {
+  const steps = currentSteps();
+  const { done, current } = app.progress;
+  const items = steps.map((text, i) => {
+    const state = i === current ? "current" : done.has(i) ? "done" : "upcoming";
+    const li = document.createElement("li");
+    li.className = state;
+    li.dataset.state = state;
+    if (state === "current") li.setAttribute("aria-current", "step");
+    const mark = document.createElement("span");
+    mark.className = "mark";
+    mark.setAttribute("aria-hidden", "true");
+    mark.textContent = state === "done" ? "✓" : String(i + 1);
+    const label = document.createElement("span");
+    label.className = "text";
+    label.textContent = text;
+    const spoken = document.createElement("span");
+    spoken.className = "visually-hidden";
+    spoken.textContent = ` (${state === "current" ? "in progress" : state})`;
+    label.append(spoken);
+    li.append(mark, label);
+    return li;
+  });
+  ui.checklist.replaceChildren(...items);
+  const count = steps.filter((_, i) => done.has(i) && i !== current).length;
+  ui.progress.max = Math.max(steps.length, 1);
+  ui.progress.value = count;
+  ui.progressText.textContent = `${count} of ${steps.length} steps done`;
+}
+
+function showWarning(text) {
+  app.warning = text;
+  ui.warningText.textContent = text;
+  ui.warning.hidden = false;
+}
+
+function hideWarning() {
+  app.warning = null;
+  ui.warning.hidden = true;
+}
+
+const CONNECTION_TEXT = {
+  stopped: "Stopped",
+  connecting: "Connecting…",
+  live: "Live",
+  reconnecting: "Reconnecting…",
+};
+
+function setConnection(state, text) {
+  ui.connection.dataset.state = state;
+  ui.connectionText.textContent = text ?? CONNECTION_TEXT[state];
+}
+
+function setStatus(text) {
+  ui.status.textContent = text;
+}
+
+function showError(text) {
+  ui.error.textContent = text;
+  ui.error.hidden = false;
+}
+
+function clearError() {
+  ui.error.hidden = true;
+  ui.error.textContent = "";
+}
+
+// ---------------------------------------------------------------- plain-word errors
+
+function describe(err) {
+  if (err instanceof ServerError) return err.message;
+  if (err?.name === "AbortError") return "the server did not answer in time";
+  if (err instanceof TypeError) return "the server cannot be reached";
+  return err?.message || String(err);
+}
+
+function describeOfferError(err) {
+  if (!(err instanceof ServerError)) return describe(err);
+  switch (err.code) {
+    case "unauthorized":
+      return "The server needs a valid access token. Enter it in the Access token field and press Start.";
+    case "unknown_task":
+      return `The server does not know this task (${err.message}). Pick another task.`;
+    case "server_full":
+      return "the server is busy (too many people are connected)";
+    case "too_large":
+      return `The connection offer was too large for the server (${err.message}).`;
+    case "bad_sdp":
+    case "bad_json":
+    case "bad_request":
+      return `The server could not use this browser's connection offer: ${err.message}`;
+    default:
+      if (err.status >= 500) return `the server had a problem (${err.message})`;
+      return `The server refused the connection: ${err.message}`;
+  }
+}
+
+function describeMediaError(err) {
+  switch (err?.name) {
+    case "NotAllowedError":
+      return "Camera access was blocked. Allow the camera for this page in the browser, or try the demo video.";
+    case "NotFoundError":
+    case "OverconstrainedError":
+      return "No camera was found. Connect one, or try the demo video.";
+    case "NotReadableError":
+    case "AbortError":
+      return "The camera could not be started (another app may be using it).";
+    case "SecurityError":
+      return "Camera access needs a secure page: open it over https:// (or on localhost), or try the demo video.";
+    case "NotSupportedError":
+      return "This video could not be played in this browser.";
+    default:
+      return `The video source could not be started: ${err?.message || err}`;
+  }
+}
+
+function readToken() {
+  try {
+    return localStorage.getItem(TOKEN_KEY) ?? "";
+  } catch {
+    return "";
+  }
+}
+
+function saveToken(token) {
+  try {
+    if (token) localStorage.setItem(TOKEN_KEY, token);
+    else localStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // storage disabled: the token is used for this page only
+  }
+}
+
+// For tests and the console: simulate a network drop (the data channel closes under us).
+window.laviaLive = {
+  dropConnection() {
+    if (app.dc) app.dc.close();
+  },
+};
+
+init();
