@@ -17,7 +17,9 @@ token, 85 tokens per low-detail image) and every response's usage is kept in ``u
 ``POST /v1/audio/transcriptions`` (multipart: ``file``, ``model``, ``response_format``,
 ``timestamp_granularities[]``) records every upload in ``uploads`` (size, filename, model,
 decoded duration) and consumes its own queue (``script_transcriptions``, then
-``transcription_default``); the error/hang/hold/malformed behaviours work as for chat. A file
+``transcription_default``); the error/hang/hold/malformed behaviours work as for chat. The body
+is read as it arrives (``upload_bytes_received`` counts it, and ``wait_until`` sees it grow), then
+parsed with the standard library, whatever pieces it came in. A file
 over ``max_upload_bytes`` is refused with 413 before any behaviour is consumed, as the real API
 does. By default the answer has one segment per ``segment_s`` seconds of the decoded upload,
 texted ``"<filename> #<k>"``; ``transcribed(segments)`` scripts explicit segments.
@@ -26,6 +28,8 @@ texted ``"<filename> #<k>"``; ``transcribed(segments)`` scripts explicit segment
 from __future__ import annotations
 
 import asyncio
+import email.parser
+import email.policy
 import io
 import json
 import math
@@ -161,6 +165,7 @@ class OpenAIServer:
     port: int = 0
     transcription_default: Behaviour = field(default_factory=transcribed)
     uploads: list[ReceivedUpload] = field(default_factory=list)
+    upload_bytes_received: int = 0  # body bytes of transcription requests read so far
     max_upload_bytes: int = 25 * 1024 * 1024  # OpenAI's per-file limit
     segment_s: float = 2.0  # length of the default transcription's segments
     _queue: deque[Behaviour] = field(default_factory=deque)
@@ -180,7 +185,8 @@ class OpenAIServer:
         self._transcription_queue.extend(behaviours)
 
     async def wait_until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait until ``condition()`` holds; it is checked whenever a request arrives or ends."""
+        """Wait until ``condition()`` holds; it is checked whenever a request arrives or ends
+        and whenever a piece of an upload's body is read."""
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(condition), timeout)
 
@@ -242,18 +248,28 @@ class OpenAIServer:
             self._changed.notify_all()
 
     async def _transcription(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
-        upload = form.get("file")
-        if not isinstance(upload, web.FileField):
+        # Read the whole body as it comes, then parse it: aiohttp's multipart reader (behind
+        # `request.post()`) calls the deprecated `unread_data()` when a read shorter than the
+        # boundary is followed by one longer than its chunk, i.e. depending on how the body
+        # arrives, and warnings-as-errors turns that into a 500.
+        body = bytearray()
+        async for piece in request.content.iter_any():
+            body += piece
+            async with self._changed:
+                self.upload_bytes_received += len(piece)
+                self._changed.notify_all()
+        content_type = request.headers.get("Content-Type", "")
+        form = await asyncio.to_thread(_parse_multipart, content_type, bytes(body))
+        if form is None or "file" not in form.files:
             return _error(400, "'file' is a required property (multipart file field)")
-        data = upload.file.read()
-        fields = {k: [str(v) for v in form.getall(k)] for k in form if k != "file"}
+        filename, data = form.files["file"]
+        fields = form.fields
         accepted = len(data) <= self.max_upload_bytes
         duration = await asyncio.to_thread(_audio_duration, data) if accepted else None
         loop = asyncio.get_running_loop()
         received = ReceivedUpload(
             request.path,
-            upload.filename,
+            filename,
             len(data),
             data,
             fields,
@@ -379,6 +395,35 @@ class OpenAIServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+@dataclass(frozen=True)
+class _Form:
+    fields: dict[str, list[str]]  # non-file fields, every value in order
+    files: dict[str, tuple[str, bytes]]  # file fields: name -> (filename, data)
+
+
+def _parse_multipart(content_type: str, body: bytes) -> _Form | None:
+    """A ``multipart/form-data`` body parsed with the standard library's email parser (which
+    keeps binary parts byte for byte); None if it is not multipart."""
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        return None
+    fields: dict[str, list[str]] = {}
+    files: dict[str, tuple[str, bytes]] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        filename = part.get_filename()
+        if filename is not None:
+            files[name] = (filename, data)
+        else:
+            fields.setdefault(name, []).append(data.decode("utf-8", "replace"))
+    return _Form(fields, files)
 
 
 async def _first(*aws: Any) -> None:

@@ -211,6 +211,61 @@ async def test_openai_gives_up_after_max_attempts(
     assert len(server.uploads) == 2
 
 
+async def test_fake_server_reads_an_upload_however_it_arrives(server: OpenAIServer) -> None:
+    """aiohttp's multipart reader calls the deprecated ``unread_data()`` (an error here, where
+    warnings are errors) when a read shorter than the boundary is followed by one longer than
+    its 256 KiB chunk: the fake server must answer as scripted whatever pieces the body comes
+    in. The body is sent in exactly those pieces, each read before the next is sent."""
+    server.script_transcriptions(http_error(502, "bad gateway"))
+    data = bytes(range(256)) * 2400  # 600 kB, CR, LF and "-" included
+    boundary = "lavia-test-boundary"
+    head = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="narration.mp3"\r\n'
+        "Content-Type: audio/mpeg\r\n\r\n"
+    ).encode()
+    body = head + data + f"\r\n--{boundary}--\r\n".encode()
+    cuts = [len(head) + 10, len(head) + 13]  # then a sliver of 3 bytes, then the 600 kB rest
+    request = (
+        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    answer = asyncio.ensure_future(reader.read())
+    try:
+        writer.write(request)
+        start = 0
+        for cut in cuts:
+            writer.write(body[start:cut])
+            await writer.drain()
+            read = asyncio.ensure_future(
+                server.wait_until(lambda n=cut: server.upload_bytes_received >= n, timeout=60)
+            )
+            await asyncio.wait({read, answer}, return_when=asyncio.FIRST_COMPLETED)
+            if answer.done():  # answered before reading it all: the asserts below say how
+                read.cancel()
+                await asyncio.gather(read, return_exceptions=True)
+                break
+            read.result()
+            start = cut
+        else:
+            writer.write(body[start:])
+        response = await asyncio.wait_for(answer, 60)
+    finally:
+        answer.cancel()
+        writer.close()
+        await asyncio.gather(answer, writer.wait_closed(), return_exceptions=True)
+
+    assert response.startswith(b"HTTP/1.1 502 "), response[:200]
+    assert b"bad gateway" in response
+    (upload,) = server.uploads
+    assert upload.filename == "narration.mp3" and upload.model == "whisper-1"
+    assert upload.data == data
+
+
 async def test_openai_413_is_not_retried(server: OpenAIServer, shared_data: Path, key: str) -> None:
     server.max_upload_bytes = 10_000  # stricter than the client believes
     options = replace(OPENAI, openai_base_url=server.base_url, max_upload_bytes=100_000)
