@@ -40,15 +40,15 @@ def make(i: int = 0) -> InstructionRecord:
     )
 
 
-def test_reads_the_original_projects_record(shared_data: Path) -> None:
-    (record,) = read_records(shared_data / "lavia_original_record_0_0.json")
+def test_reads_the_original_projects_record(external_data: Path) -> None:
+    (record,) = read_records(external_data / "lavia_original_record_0_0.json")
     assert record.id == "0_0"
     assert len(record.image) == 15
     assert record.prompt_text.count("<image>") == 15
     assert "Honda GX160" in record.prompt_text
     assert record.answer_text.startswith("The sequence of images")
     assert record.source_video is None
-    original = json.loads((shared_data / "lavia_original_record_0_0.json").read_text())
+    original = json.loads((external_data / "lavia_original_record_0_0.json").read_text())
     assert record.to_llava() == original
 
 

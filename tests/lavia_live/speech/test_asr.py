@@ -27,10 +27,6 @@ from lavia_live.speech.asr import (
     transcribe_pcm,
 )
 
-DATA = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data").resolve()
-HONDA = DATA / "honda_oil_change.mp3"
-JFK = DATA / "jfk.flac"
-
 
 def normalise(text: str) -> str:
     """Lowercase, punctuation to spaces (keeping apostrophes), whitespace collapsed."""
@@ -43,16 +39,21 @@ def model() -> WhisperModel:
 
 
 @pytest.fixture(scope="module")
-def honda(model: WhisperModel) -> Transcript:
-    return transcribe_file(HONDA)
+def jfk(bundled_data: Path) -> Path:
+    return bundled_data / "jfk.flac"
+
+
+@pytest.fixture(scope="module")
+def honda(model: WhisperModel, external_data: Path) -> Transcript:
+    return transcribe_file(external_data / "honda_oil_change.mp3")
 
 
 def test_load_model_is_cached(model: WhisperModel) -> None:
     assert load_model(EMBEDDED_MODEL, "cpu", "int8") is model
 
 
-def test_honda_word_error_rate(honda: Transcript) -> None:
-    reference = (DATA / "honda_oil_change.reference.txt").read_text(encoding="utf-8")
+def test_honda_word_error_rate(honda: Transcript, external_data: Path) -> None:
+    reference = (external_data / "honda_oil_change.reference.txt").read_text(encoding="utf-8")
     wer = jiwer.wer(normalise(reference), normalise(honda.text))
     assert wer <= 0.05, f"WER {wer:.3f}: {honda.text}"
 
@@ -91,16 +92,16 @@ def test_transcript_text_joins_with_single_spaces() -> None:
     assert Transcript(segments=(), language="en", duration=0.0).text == ""
 
 
-def test_jfk_file(model: WhisperModel) -> None:
-    transcript = transcribe_file(str(JFK))
+def test_jfk_file(model: WhisperModel, jfk: Path) -> None:
+    transcript = transcribe_file(str(jfk))
     assert "ask not what your country can do for you" in normalise(transcript.text)
     assert transcript.duration == pytest.approx(11.0, abs=0.5)
 
 
-def test_transcribe_pcm_on_decoded_jfk(model: WhisperModel) -> None:
-    samples = decode_audio(str(JFK), sampling_rate=SAMPLE_RATE)
+def test_transcribe_pcm_on_decoded_jfk(model: WhisperModel, jfk: Path) -> None:
+    samples = decode_audio(str(jfk), sampling_rate=SAMPLE_RATE)
     assert samples.dtype == np.float32
-    ours = decode_audio_file(JFK)
+    ours = decode_audio_file(jfk)
     assert ours.dtype == np.float32
     assert abs(ours.shape[0] - samples.shape[0]) <= SAMPLE_RATE // 100
     transcript = transcribe_pcm(samples, TranscriptionOptions(beam_size=1))
@@ -150,12 +151,12 @@ def test_video_without_audio(tmp_path: Path) -> None:
         transcribe_file(path)
 
 
-def test_missing_model_folder(tmp_path: Path) -> None:
+def test_missing_model_folder(tmp_path: Path, jfk: Path) -> None:
     folder = tmp_path / "no-such-model"
     with pytest.raises(SpeechError, match=re.escape(str(folder))):
         load_model(str(folder), "cpu", "int8")
     with pytest.raises(SpeechError, match=re.escape(str(folder))):
-        transcribe_file(JFK, TranscriptionOptions(model=str(folder)))
+        transcribe_file(jfk, TranscriptionOptions(model=str(folder)))
 
 
 def test_size_name_comes_only_from_the_local_cache(

@@ -63,8 +63,8 @@ def make_video(path: Path, audio: Path | None, seconds: float = 3.0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def jfk_video(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_video(tmp_path_factory.mktemp("video") / "jfk.mp4", shared_data / "jfk.flac")
+def jfk_video(bundled_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_video(tmp_path_factory.mktemp("video") / "jfk.mp4", bundled_data / "jfk.flac")
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +152,9 @@ async def test_openai_splits_an_upload_over_the_limit_and_offsets_each_chunk(
 
 
 async def test_openai_chunks_real_narration_at_quiet_moments(
-    server: OpenAIServer, shared_data: Path, key: str
+    server: OpenAIServer, external_data: Path, key: str
 ) -> None:
-    audio = shared_data / "honda_oil_change.mp3"
+    audio = external_data / "honda_oil_change.mp3"
     options = replace(OPENAI, openai_base_url=server.base_url, max_upload_bytes=200_000)
 
     result = await transcribe(audio, options)
@@ -183,13 +183,13 @@ async def test_openai_chunks_real_narration_at_quiet_moments(
     ids=["500", "429", "timeout", "malformed"],
 )
 async def test_openai_retries_transient_failures(
-    server: OpenAIServer, shared_data: Path, key: str, failure: Behaviour
+    server: OpenAIServer, bundled_data: Path, key: str, failure: Behaviour
 ) -> None:
     segments = ((0.0, 4.1, " And so my fellow Americans,"), (4.1, 11.0, " ask not."))
     server.script_transcriptions(failure, transcribed(segments))
     options = replace(OPENAI, openai_base_url=server.base_url, timeout_s=0.5)
 
-    result = await transcribe(shared_data / "jfk.flac", options)
+    result = await transcribe(bundled_data / "jfk.flac", options)
 
     assert len(server.uploads) == 2
     assert server.uploads[0].data == server.uploads[1].data
@@ -201,13 +201,13 @@ async def test_openai_retries_transient_failures(
 
 
 async def test_openai_gives_up_after_max_attempts(
-    server: OpenAIServer, shared_data: Path, key: str
+    server: OpenAIServer, bundled_data: Path, key: str
 ) -> None:
     server.script_transcriptions(*[http_error(502, "bad gateway")] * 3)
     options = replace(OPENAI, openai_base_url=server.base_url, max_attempts=2)
 
     with pytest.raises(TranscriptionError, match=r"HTTP 502: bad gateway after 2 attempts"):
-        await transcribe(shared_data / "jfk.flac", options)
+        await transcribe(bundled_data / "jfk.flac", options)
     assert len(server.uploads) == 2
 
 
@@ -266,12 +266,14 @@ async def test_fake_server_reads_an_upload_however_it_arrives(server: OpenAIServ
     assert upload.data == data
 
 
-async def test_openai_413_is_not_retried(server: OpenAIServer, shared_data: Path, key: str) -> None:
+async def test_openai_413_is_not_retried(
+    server: OpenAIServer, bundled_data: Path, key: str
+) -> None:
     server.max_upload_bytes = 10_000  # stricter than the client believes
     options = replace(OPENAI, openai_base_url=server.base_url, max_upload_bytes=100_000)
 
     with pytest.raises(TranscriptionError, match=r"HTTP 413: Maximum content size limit"):
-        await transcribe(shared_data / "jfk.flac", options)
+        await transcribe(bundled_data / "jfk.flac", options)
     assert [u.accepted for u in server.uploads] == [False]
 
 
