@@ -105,27 +105,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    level = {0: None, 1: "INFO"}.get(args.verbose, "DEBUG")
     try:
-        model: type[Settings] = getattr(args, "settings_model", Settings)
-        log = load_config(args, model).settings.logging if hasattr(args, "config") else None
-        configure_logging(
-            level or (log.level if log else "WARNING"),
-            args.log_format or (log.format if log else "text"),
-        )
-        func: Command = args.func
-        return func(args)
-    except LaviaError as exc:
-        print(f"lavia {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"lavia {args.command}: interrupted", file=sys.stderr)
-        return 130
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if not getattr(args, "func", None):
+                parser.print_help()
+                return 2
+            level = {0: None, 1: "INFO"}.get(args.verbose, "DEBUG")
+            try:
+                model: type[Settings] = getattr(args, "settings_model", Settings)
+                log = load_config(args, model).settings.logging if hasattr(args, "config") else None
+                configure_logging(
+                    level or (log.level if log else "WARNING"),
+                    args.log_format or (log.format if log else "text"),
+                )
+                func: Command = args.func
+                return func(args)
+            except LaviaError as exc:
+                print(f"lavia {args.command}: error: {exc}", file=sys.stderr)
+                return 2
+            except KeyboardInterrupt:
+                print(f"lavia {args.command}: interrupted", file=sys.stderr)
+                return 130
+        finally:
+            # Write what is still buffered now, so that a reader gone away shows up below
+            # rather than as an error while the interpreter exits.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of stdout went away (`lavia tasks | head -1`). Python's recipe: point
+        # stdout at devnull so the flush at exit cannot fail again, and end quietly with the
+        # status of a process killed by SIGPIPE, as other command-line tools do.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -80,3 +80,48 @@ def test_tasks_lists_and_shows(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "usage: lavia" in capsys.readouterr().out
+
+
+def test_tasks_piped_into_head_ends_quietly() -> None:
+    """`lavia tasks demo_oil_change | head -1`: the reader closes stdout after one line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lavia_live.cli", "tasks", "demo_oil_change"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    first = process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read()
+    process.stderr.close()
+    returncode = process.wait(timeout=120)
+    assert first == "demo_oil_change: Change the oil on a small engine (demo)\n"
+    assert stderr == ""
+    # 0 if it had written everything before the reader left, else the SIGPIPE status
+    assert returncode in (0, 141)
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+def test_stdout_closed_before_any_output_ends_quietly(buffered: bool) -> None:
+    """The same with a reader gone before the first byte, so the pipe is surely broken when
+    the command writes (at its first print, or at its final flush when buffered)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "lavia_live.cli", "tasks", "demo_oil_change"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert out.stderr == ""
+    assert out.returncode == 141
