@@ -6,13 +6,15 @@ optional ``source``). A malformed file fails with a message naming the file and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from rapidfuzz import fuzz
 
+from lavia_live.contract.guidance import TASK_COMPLETE
 from lavia_live.errors import TaskDefinitionError
 from lavia_live.resources import shipped_path
 
@@ -29,15 +31,44 @@ class TaskContext:
 
     def step_number(self, text: str) -> int | None:
         """1-based number of the step whose text matches exactly (case/space-insensitive)."""
-        key = _normalise(text)
+        key = normalise_step(text)
         for i, step in enumerate(self.steps, start=1):
-            if _normalise(step) == key:
+            if normalise_step(step) == key:
                 return i
         return None
 
 
-def _normalise(text: str) -> str:
+def normalise_step(text: str) -> str:
     return " ".join(text.lower().strip().rstrip(".").split())
+
+
+FUZZY_MIN = 85.0
+"""Token-set similarity (0-100) at which an answer names a step it does not spell exactly."""
+COMPLETE = "(complete)"
+"""What :func:`match_step` returns for "the task is complete"."""
+
+
+def match_step(text: str | None, steps: Sequence[str]) -> str | None:
+    """The step (or :data:`COMPLETE`) an answer names; None when it names none of them.
+
+    Exactly (case, spacing and a final period aside), else the closest step by fuzzy
+    token-set similarity of at least :data:`FUZZY_MIN`. Evaluation and the live step
+    tracker both match answers this way.
+    """
+    if text is None:
+        return None
+    key = normalise_step(text)
+    if key == normalise_step(TASK_COMPLETE):
+        return COMPLETE
+    for step in steps:
+        if normalise_step(step) == key:
+            return step
+    best = max(steps, key=lambda s: fuzz.token_set_ratio(normalise_step(s), key), default=None)
+    if best is not None and fuzz.token_set_ratio(normalise_step(best), key) >= FUZZY_MIN:
+        return best
+    if fuzz.token_set_ratio(normalise_step(TASK_COMPLETE), key) >= FUZZY_MIN:
+        return COMPLETE
+    return None
 
 
 class _TaskFile(BaseModel):
@@ -55,7 +86,7 @@ class _TaskFile(BaseModel):
         for i, step in enumerate(steps):
             if not step.strip():
                 raise ValueError(f"step {i + 1} is empty")
-        if len({_normalise(s) for s in steps}) != len(steps):
+        if len({normalise_step(s) for s in steps}) != len(steps):
             raise ValueError("two steps have the same text")
         return [s.strip() for s in steps]
 

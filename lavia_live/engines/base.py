@@ -27,6 +27,7 @@ class GenerationOptions:
 
 class Engine(Protocol):
     name: str
+    max_concurrency: int  # requests worth running at once (1: one at a time in-process)
 
     def stream(
         self, prompt: Prompt, frames_jpeg: Sequence[bytes], options: GenerationOptions

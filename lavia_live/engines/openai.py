@@ -38,12 +38,14 @@ class OpenAIEngineOptions:
     backoff_s: float = 0.5
     max_backoff_s: float = 8.0
     image_detail: str | None = "low"
+    max_concurrency: int = 8  # requests in flight across live sessions
 
 
 class OpenAIEngine:
     def __init__(self, options: OpenAIEngineOptions) -> None:
         self.options = options
         self.name = f"openai:{options.model}"
+        self.max_concurrency = options.max_concurrency
         try:
             key = api_key_from_env(options.api_key_env, options.base_url)
         except MissingAPIKey as exc:

@@ -25,6 +25,10 @@ EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "embedded"
 """Where ``scripts/build_demo_model`` puts the embedded demo model (a tiny Qwen2.5-VL that
 knows the demo task only) and its held-out scores (``eval.json``)."""
 
+EMBEDDED_FRAME_MAX_SIDE = 160
+"""Longer side of the frames the embedded model was trained on (``configs/train_demo.yaml``,
+``data.extract.max_side``); live sessions on it convert frames to this size."""
+
 EMBEDDED = "embedded"
 """The name that selects the embedded demo model wherever a model folder is asked for."""
 
@@ -43,6 +47,7 @@ def model_folder(name: str | Path) -> Path:
 
 __all__ = [
     "EMBEDDED",
+    "EMBEDDED_FRAME_MAX_SIDE",
     "EMBEDDED_MODEL_DIR",
     "FAMILIES",
     "Encoded",

@@ -15,34 +15,11 @@ from dataclasses import dataclass, field
 
 from rapidfuzz import fuzz
 
-from lavia_live.contract.guidance import TASK_COMPLETE, ParsedGuidance
+from lavia_live.contract.guidance import ParsedGuidance
+from lavia_live.contract.tasks import FUZZY_MIN, match_step, normalise_step
 
-FUZZY_MIN = 85.0
-COMPLETE = "(complete)"
 OTHER = "(other)"
 UNPARSED = "(unparsed)"
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.lower().strip().rstrip(".").split())
-
-
-def match_step(text: str | None, steps: Sequence[str]) -> str | None:
-    """The step (or COMPLETE) an answer names; None when it names none of them."""
-    if text is None:
-        return None
-    key = _norm(text)
-    if key == _norm(TASK_COMPLETE):
-        return COMPLETE
-    for step in steps:
-        if _norm(step) == key:
-            return step
-    best = max(steps, key=lambda s: fuzz.token_set_ratio(_norm(s), key), default=None)
-    if best is not None and fuzz.token_set_ratio(_norm(best), key) >= FUZZY_MIN:
-        return best
-    if fuzz.token_set_ratio(_norm(TASK_COMPLETE), key) >= FUZZY_MIN:
-        return COMPLETE
-    return None
 
 
 def same_step(predicted: str | None, reference: str, steps: Sequence[str]) -> bool:
@@ -51,7 +28,7 @@ def same_step(predicted: str | None, reference: str, steps: Sequence[str]) -> bo
     if steps:
         expected = match_step(reference, steps)
         return expected is not None and match_step(predicted, steps) == expected
-    return fuzz.token_set_ratio(_norm(predicted), _norm(reference)) >= FUZZY_MIN
+    return fuzz.token_set_ratio(normalise_step(predicted), normalise_step(reference)) >= FUZZY_MIN
 
 
 @dataclass(frozen=True)

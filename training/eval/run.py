@@ -20,27 +20,8 @@ from lavia_live.contract.prompt import parse_llava_text
 from lavia_live.contract.records import InstructionRecord, iter_records
 from lavia_live.contract.tasks import TaskLibrary
 from lavia_live.engines.base import Engine, EngineError, GenerationOptions, complete
-from lavia_live.engines.local import LocalEngine
-from lavia_live.engines.openai import OpenAIEngine, OpenAIEngineOptions
 from lavia_live.errors import RecordError
-from lavia_live.models import model_folder
 from training.eval.metrics import ClipScore, Totals, score, totals
-
-
-def open_engine(model: str, *, api_model: str | None, api_key_env: str, device: str) -> Engine:
-    """``http(s)://.../v1`` or ``openai:MODEL`` -> an OpenAI-compatible engine; else a folder
-    (``embedded``: the embedded demo model)."""
-    if model.startswith(("http://", "https://")):
-        return OpenAIEngine(
-            OpenAIEngineOptions(
-                model=api_model or "default", base_url=model, api_key_env=api_key_env
-            )
-        )
-    if model.startswith("openai:"):
-        return OpenAIEngine(
-            OpenAIEngineOptions(model=model.split(":", 1)[1], api_key_env=api_key_env)
-        )
-    return LocalEngine(model_folder(model), device=device)
 
 
 @dataclass

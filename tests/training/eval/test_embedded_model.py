@@ -10,12 +10,13 @@ from pathlib import Path
 
 from lavia_live.config.loader import load_settings
 from lavia_live.contract.tasks import TaskLibrary
+from lavia_live.engines.factory import open_engine
 from lavia_live.models import EMBEDDED, model_folder
 from lavia_live.resources import shipped_path
 from training.config import PipelineSettings
 from training.data.build import build_dataset
 from training.demo.render import DemoSpec, render_demo_video
-from training.eval.run import evaluate, open_engine
+from training.eval.run import evaluate
 
 
 def test_shipped_model_fits_the_package_and_met_its_targets() -> None:

@@ -12,10 +12,10 @@ import pytest
 
 from lavia_live.contract.guidance import TASK_COMPLETE, Guidance, parse_guidance
 from lavia_live.contract.records import read_records
-from lavia_live.contract.tasks import TaskLibrary
+from lavia_live.contract.tasks import COMPLETE, TaskLibrary, match_step
 from lavia_live.engines.openai import OpenAIEngine, OpenAIEngineOptions
 from tests.openai_server import OpenAIServer, content, ok
-from training.eval.metrics import COMPLETE, UNPARSED, match_step, score, totals
+from training.eval.metrics import UNPARSED, score, totals
 from training.eval.report import write_report
 from training.eval.run import evaluate
 
