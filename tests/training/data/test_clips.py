@@ -1,7 +1,7 @@
 """Clip extraction on real videos encoded here with PyAV (libx264, small and quick).
 
-Every generated frame paints its own index as three horizontal bands of gray (base-16
-digits, 16 levels apart), so decoding a JPEG back tells which source frame it came from.
+Every generated frame paints its own index (:mod:`tests.videos`), so decoding a JPEG back
+tells which source frame it came from.
 """
 
 from __future__ import annotations
@@ -9,9 +9,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import re
-import struct
 from array import array
-from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -28,87 +26,29 @@ from lavia_live.contract.sampling import (
     sample_indices,
 )
 from lavia_live.errors import MediaError
+from tests.videos import H, W, counter_image, read_counter, still_video, write_video
 from training.data.clips import (
-    _SYNTAXES,
     DecodeStats,
     ExtractedClip,
     ExtractOptions,
     VideoInfo,
-    _h264_picture,
-    _hevc_picture,
     _iter_clips,
-    _nal_headers,
-    _Picture,
-    _plan_skipping,
-    _ReorderBuffer,
-    _SkipPlan,
     count_clips,
     iter_clips,
     probe_video,
-    scaled_size,
+)
+from training.data.pictures import (
+    SYNTAXES,
+    Picture,
+    ReorderBuffer,
+    SkipPlan,
+    h264_picture,
+    hevc_picture,
+    nal_headers,
+    plan_skipping,
 )
 
-W, H = 160, 120
 SMALL = SamplingSpec(stride_frames=3, clip_frames=5)  # 0.1 s interval, 0.5 s clips
-
-
-def counter_image(i: int, width: int = W, height: int = H) -> np.ndarray:
-    img = np.empty((height, width, 3), np.uint8)
-    band = height // 3
-    for d in range(3):
-        digit = (i >> (4 * (2 - d))) & 0xF
-        img[d * band : (d + 1) * band] = digit * 16 + 8
-    img[3 * band :] = 0
-    return img
-
-
-def read_counter(jpeg: bytes) -> int:
-    img = np.asarray(Image.open(io.BytesIO(jpeg)).convert("L"), dtype=np.float64)
-    band = img.shape[0] // 3
-    value = 0
-    for d in range(3):
-        rows = img[d * band + band // 4 : (d + 1) * band - band // 4]
-        level = float(rows[:, rows.shape[1] // 4 : -rows.shape[1] // 4].mean())
-        value = value * 16 + round((level - 8) / 16)
-    return value
-
-
-def write_video(
-    path: Path,
-    pts: Iterable[int],
-    *,
-    rate: int = 30,
-    time_base: Fraction | None = None,
-    size: tuple[int, int] = (W, H),
-    fmt: str | None = None,
-    noise: bool = False,
-    preset: str = "veryfast",
-    codec: str = "libx264",
-    options: dict[str, str] | None = None,
-) -> Path:
-    """Frame ``i`` carries counter ``i`` and pts ``pts[i]`` (in ``time_base``, default 1/rate).
-
-    The encoder gets ``options`` if given, else ``preset`` (veryfast has B-frames)."""
-    width, height = size
-    rng = np.random.default_rng(7)
-    with av.open(str(path), "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {**options} if options is not None else {"preset": preset}
-        if time_base is not None:
-            stream.time_base = time_base
-            stream.codec_context.time_base = time_base
-        for i, t in enumerate(pts):
-            img = counter_image(i, width, height)
-            if noise:  # big packets, so that corrupting bytes hits the picture data
-                img[3 * (height // 3) - 12 :] = rng.integers(0, 256, (12, width, 3), np.uint8)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = t
-            if time_base is not None:
-                frame.time_base = time_base
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
 
 
 def cfr(path: Path, fps: int, n: int, **kw: object) -> Path:
@@ -208,15 +148,6 @@ def test_resize_keeps_aspect_and_max_side(
     assert read_counter(clip.frames_jpeg[-1]) == 9
 
 
-def test_scaled_size_even_and_bounded() -> None:
-    assert scaled_size(1920, 1080, 448) == (448, 252)
-    assert scaled_size(3840, 2160, 448) == (448, 252)
-    assert scaled_size(1080, 1920, 448) == (252, 448)
-    assert scaled_size(101, 75, 448) == (100, 76)
-    assert scaled_size(5000, 10, 448) == (448, 2)
-    assert all(d % 2 == 0 and d <= 447 for d in scaled_size(1001, 999, 447))
-
-
 def test_4k_input(tmp_path: Path) -> None:
     path = cfr(tmp_path / "uhd.mp4", 30, 31, size=(3840, 2160), preset="ultrafast")
     clips = list(iter_clips(path, options=ExtractOptions(min_frames=1)))
@@ -227,32 +158,16 @@ def test_4k_input(tmp_path: Path) -> None:
 
 
 def test_display_rotation_and_pixel_aspect_are_applied(tmp_path: Path) -> None:
-    path = tmp_path / "rot.mp4"
     marked = np.zeros((H, W, 3), np.uint8)
     marked[:20, :40] = 255  # a white block in the top-left corner
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        container.mux(stream.encode(av.VideoFrame.from_ndarray(marked, format="rgb24")))
-        container.mux(stream.encode(None))
-    data = bytearray(path.read_bytes())
-    at = data.index(b"tkhd") + 4 + 40  # version 0 header: the 3x3 display matrix
-    data[at : at + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
-    path.write_bytes(bytes(data))  # "rotate 90": shown turned a quarter clockwise
+    path = still_video(tmp_path / "rot.mp4", marked, quarter_turn=True)
     (clip,) = iter_clips(path, SMALL, ExtractOptions(min_frames=1))
     img = np.asarray(Image.open(io.BytesIO(clip.frames_jpeg[0])).convert("L"))
     assert img.shape == (W, H)  # portrait: 160 tall, 120 wide
     assert img[2:38, -18:-2].mean() > 240  # the block is now top-right
     assert img[2:38, 2:18].mean() < 15
 
-    wide = tmp_path / "sar.mp4"
-    with av.open(str(wide), "w") as container:
-        stream = container.add_stream("libx264", rate=30)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.codec_context.sample_aspect_ratio = Fraction(2, 1)
-        frame = av.VideoFrame.from_ndarray(counter_image(0), format="rgb24")
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    wide = still_video(tmp_path / "sar.mp4", counter_image(0), sar=Fraction(2, 1))
     (clip,) = iter_clips(wide, SMALL, ExtractOptions(min_frames=1))
     assert Image.open(io.BytesIO(clip.frames_jpeg[0])).size == (320, 120)
 
@@ -457,7 +372,7 @@ def test_the_plan_keeps_exactly_the_frames_a_full_decode_keeps(tmp_path: Path, f
     )
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        plan, why_not = _plan_skipping(path, stream, SamplingSpec())
+        plan, why_not = plan_skipping(path, stream, SamplingSpec())
         shown = [(f.pts, f.time_base) for f in container.decode(stream)]
     assert plan is not None and why_not == ""
     sampler = TimestampSampler(SamplingSpec())
@@ -502,34 +417,34 @@ def test_nal_unit_headers_say_what_is_disposable() -> None:
     def units(*nals: bytes, size: int = 4) -> memoryview:
         return memoryview(b"".join(len(n).to_bytes(size, "big") + n for n in nals))
 
-    assert _nal_headers(units(b"\x06ab", b"\x41xyz"), 4, 1) == [b"\x06", b"\x41"]
-    assert _nal_headers(units(b"\x01\x01x", size=2), 2, 2) == [b"\x01\x01"]
-    assert _nal_headers(units(b"\x41xyz")[:-1], 4, 1) is None  # truncated
-    assert _nal_headers(units(b""), 4, 1) is None  # an empty unit
-    assert _nal_headers(memoryview(b"\x00\x00"), 4, 1) is None  # not even a length
+    assert nal_headers(units(b"\x06ab", b"\x41xyz"), 4, 1) == [b"\x06", b"\x41"]
+    assert nal_headers(units(b"\x01\x01x", size=2), 2, 2) == [b"\x01\x01"]
+    assert nal_headers(units(b"\x41xyz")[:-1], 4, 1) is None  # truncated
+    assert nal_headers(units(b""), 4, 1) is None  # an empty unit
+    assert nal_headers(memoryview(b"\x00\x00"), 4, 1) is None  # not even a length
 
     # H.264: slice (1) or IDR (5), nal_ref_idc in bits 5-6; SEI (6) and AUD (9) are inert.
-    assert _h264_picture([b"\x09", b"\x06", b"\x01", b"\x01"]) == _Picture(True, 0, False)
-    assert _h264_picture([b"\x41"]) == _Picture(False, 0, False)  # referenced
-    assert _h264_picture([b"\x01", b"\x21"]) == _Picture(False, 0, False)  # one slice is
-    assert _h264_picture([b"\x68", b"\x01"]) == _Picture(False, 0, False)  # in-band PPS
-    assert _h264_picture([b"\x06", b"\x65"]) == _Picture(False, 0, True)
-    assert _h264_picture([b"\x06"]) is None  # no slice
-    assert _h264_picture([b"\x81"]) is None  # forbidden_zero_bit
+    assert h264_picture([b"\x09", b"\x06", b"\x01", b"\x01"]) == Picture(True, 0, False)
+    assert h264_picture([b"\x41"]) == Picture(False, 0, False)  # referenced
+    assert h264_picture([b"\x01", b"\x21"]) == Picture(False, 0, False)  # one slice is
+    assert h264_picture([b"\x68", b"\x01"]) == Picture(False, 0, False)  # in-band PPS
+    assert h264_picture([b"\x06", b"\x65"]) == Picture(False, 0, True)
+    assert h264_picture([b"\x06"]) is None  # no slice
+    assert h264_picture([b"\x81"]) is None  # forbidden_zero_bit
 
     # HEVC: type in bits 1-6 of the first byte, TemporalId + 1 in bits 0-2 of the second.
     def hevc(kind: int, temporal_id: int = 0) -> bytes:
         return bytes([kind << 1, temporal_id + 1])
 
-    assert _hevc_picture([hevc(35), hevc(0)]) == _Picture(True, 0, False)  # AUD, TRAIL_N
-    assert _hevc_picture([hevc(2, 2), hevc(39, 2)]) == _Picture(True, 2, False)  # TSA_N + SEI
-    assert _hevc_picture([hevc(1)]) == _Picture(False, 0, False)  # TRAIL_R
-    assert _hevc_picture([hevc(34), hevc(0)]) == _Picture(False, 0, False)  # in-band PPS
-    assert _hevc_picture([hevc(32), hevc(19)]) == _Picture(False, 0, True)  # VPS, IDR_W_RADL
-    assert _hevc_picture([hevc(0, 1), hevc(0, 2)]) is None  # two temporal layers
-    assert _hevc_picture([bytes([0, 0x09])]) is None  # nuh_layer_id 1
-    assert _hevc_picture([bytes([0, 0])]) is None  # TemporalId + 1 == 0
-    assert _hevc_picture([hevc(39)]) is None  # no slice
+    assert hevc_picture([hevc(35), hevc(0)]) == Picture(True, 0, False)  # AUD, TRAIL_N
+    assert hevc_picture([hevc(2, 2), hevc(39, 2)]) == Picture(True, 2, False)  # TSA_N + SEI
+    assert hevc_picture([hevc(1)]) == Picture(False, 0, False)  # TRAIL_R
+    assert hevc_picture([hevc(34), hevc(0)]) == Picture(False, 0, False)  # in-band PPS
+    assert hevc_picture([hevc(32), hevc(19)]) == Picture(False, 0, True)  # VPS, IDR_W_RADL
+    assert hevc_picture([hevc(0, 1), hevc(0, 2)]) is None  # two temporal layers
+    assert hevc_picture([bytes([0, 0x09])]) is None  # nuh_layer_id 1
+    assert hevc_picture([bytes([0, 0])]) is None  # TemporalId + 1 == 0
+    assert hevc_picture([hevc(39)]) is None  # no slice
 
 
 def test_only_the_top_layers_unkept_disposable_pictures_are_skipped() -> None:
@@ -539,7 +454,7 @@ def test_only_the_top_layers_unkept_disposable_pictures_are_skipped() -> None:
         p.pts = pts
         return p
 
-    plan = _SkipPlan(_SYNTAXES["hevc"], 4, 2, Fraction(1, 30), array("q"), frozenset({3}))
+    plan = SkipPlan(SYNTAXES["hevc"], 4, 2, Fraction(1, 30), array("q"), frozenset({3}))
     assert plan.skippable(packet(1, 0, 2))  # TRAIL_N, top layer
     assert not plan.skippable(packet(3, 0, 2))  # ... but kept
     assert not plan.skippable(packet(2, 2, 1))  # TSA_N: a layer-2 picture may use it
@@ -548,7 +463,7 @@ def test_only_the_top_layers_unkept_disposable_pictures_are_skipped() -> None:
 
 def test_the_reorder_buffer_checks_presentation_order() -> None:
     def order(stamps: list[int], depth: int) -> list[int] | None:
-        buffer = _ReorderBuffer(depth)
+        buffer = ReorderBuffer(depth)
         ok = all(buffer.push(t) for t in stamps) and buffer.drain()
         return list(buffer.order) if ok else None
 
@@ -575,7 +490,7 @@ RANGE_ENCODINGS = {
 @pytest.fixture
 def short_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
     """Decode in ranges from 100 frames on (files of a minute or more, by default)."""
-    monkeypatch.setattr("training.data.clips._RANGES_MIN_FRAMES", 100)
+    monkeypatch.setattr("training.data.ranges._RANGES_MIN_FRAMES", 100)
 
 
 @pytest.mark.parametrize("encoding", list(RANGE_ENCODINGS))
