@@ -8,6 +8,7 @@ Commands of the live package are defined here; other packages add theirs through
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -74,6 +75,59 @@ def _cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+# ``lavia serve`` / ``lavia watch`` options that are settings -> the key they override
+_SERVE_FLAGS = {
+    "host": "serve.host",
+    "port": "serve.port",
+    "engine": "engine.name",
+    "api_model": "engine.api_model",
+    "api_key_env": "engine.api_key_env",
+    "device": "engine.device",
+    "tls_cert": "serve.tls_cert",
+    "tls_key": "serve.tls_key",
+    "max_sessions": "serve.max_sessions",
+    "task": "tasks.default_task",
+}
+
+
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    for dest, key in _SERVE_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            args.overrides.append(f"{key}={value}")
+    if getattr(args, "self_signed", False):
+        args.overrides.append("serve.self_signed=true")
+    return load_config(args, Settings).settings
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from lavia_live.server.run import serve
+
+    return asyncio.run(serve(_serve_settings(args)))
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from lavia_live.server.run import watch
+
+    settings = _serve_settings(args)
+    return asyncio.run(
+        watch(args.source, settings, server=args.server, fast=args.fast, source_format=args.format)
+    )
+
+
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine")
+    group.add_argument(
+        "--engine", metavar="ENGINE",
+        help="embedded (default), a model folder, openai:MODEL, or an OpenAI-compatible URL "
+        "such as http://127.0.0.1:30000/v1 (SGLang)",
+    )  # fmt: skip
+    group.add_argument("--api-model", help="model name at an endpoint URL")
+    group.add_argument("--api-key-env", help="variable holding the API key ('' for none)")
+    group.add_argument("--device", help="device of an in-process model (cpu, cuda, cuda:1)")
+    group.add_argument("--task", help="task id (default: tasks.default_task)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lavia",
@@ -97,6 +151,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task_id", nargs="?", help="a task id to show in full")
     p.add_argument("--folder", help="task folder (default: the configured or shipped one)")
     p.set_defaults(func=_cmd_tasks)
+
+    p = sub.add_parser(
+        "serve",
+        help="the live assistant: a web page that watches the camera and guides",
+        description="Serve the live assistant: open the printed URL in a browser, pick a task "
+        "and a camera (or the demo video), and follow the guidance. Browsers allow the camera "
+        "only on https:// or localhost: beyond this machine use --self-signed or "
+        "--tls-cert/--tls-key. A shared token (LAVIA_SERVE__TOKEN) is optional.",
+    )
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    p.add_argument("--port", type=int, help="port (default 8080; 0: any free port)")
+    p.add_argument("--tls-cert", metavar="PEM", help="HTTPS certificate (chain) file")
+    p.add_argument("--tls-key", metavar="PEM", help="HTTPS private key file")
+    p.add_argument(
+        "--self-signed", action="store_true",
+        help="HTTPS with a self-signed certificate made once (the browser warns once)",
+    )  # fmt: skip
+    p.add_argument("--max-sessions", type=int, help="concurrent sessions (default 8)")
+    _engine_options(p)
+    add_config_options(p)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser(
+        "watch",
+        help="run a recording (or camera) through the live assistant; events as JSON lines",
+        description="SOURCE is a video file, or a camera FFmpeg can open with --format "
+        "(e.g. --format v4l2 /dev/video0). Runs at the video's pace through the same live loop "
+        "as lavia serve and prints each event as a JSON line with 't', the video time; "
+        "--fast answers every clip without waiting for the clock; --server streams the video "
+        "to a running lavia serve over WebRTC instead.",
+    )
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--fast", action="store_true", help="do not wait for the clock")
+    p.add_argument("--format", help="FFmpeg input format of a device (v4l2, avfoundation)")
+    p.add_argument("--server", metavar="URL", help="stream to a running lavia serve")
+    _engine_options(p)
+    add_config_options(p)
+    p.set_defaults(func=_cmd_watch)
 
     for ep in sorted(entry_points(group="lavia.commands"), key=lambda e: e.name):
         register: Callable[[Any], None] = ep.load()

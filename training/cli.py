@@ -145,8 +145,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from training.eval.report import write_report
     from lavia_live.engines.factory import open_engine
+    from training.eval.report import write_report
     from training.eval.run import evaluate
 
     settings = _settings(args)

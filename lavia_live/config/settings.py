@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from lavia_live.contract.sampling import SamplingSpec
 
@@ -46,6 +46,64 @@ class TaskSettings(_Section):
     default_task: str = "demo_oil_change"
 
 
+class EngineSettings(_Section):
+    """The model behind the guidance (:mod:`lavia_live.engines.factory`)."""
+
+    name: str = Field(
+        "embedded",
+        min_length=1,
+        description="embedded, a model folder, openai:MODEL, or an OpenAI-compatible URL",
+    )
+    api_model: str | None = Field(None, description="model name at an endpoint URL")
+    api_key_env: str = Field("OPENAI_API_KEY", description="'' for a server without a key")
+    device: str = "cpu"
+    cpu_threads: int = Field(
+        1, ge=0, le=256, description="torch CPU threads of an in-process model; 0: one per core"
+    )
+    concurrency: int = Field(
+        0, ge=0, le=256, description="model requests in flight across sessions; 0: per engine"
+    )
+    max_tokens: int = Field(96, ge=8, le=4096)
+    frame_max_side: int | None = Field(
+        None, ge=32, le=4096, description="frame size sent to the model; null: the engine's"
+    )
+    jpeg_quality: int = Field(90, ge=1, le=100)
+
+
+class IceServer(_Section):
+    urls: list[str] = Field(min_length=1)
+    username: str | None = None
+    credential: str | None = None
+
+
+class ServeSettings(_Section):
+    """``lavia serve``: where it listens, who may connect, and its limits."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    self_signed: bool = Field(False, description="make (and reuse) a self-signed certificate")
+    token: SecretStr | None = Field(None, description="shared token clients must send")
+    max_sessions: int = Field(8, ge=1, le=1000)
+    ice_servers: list[IceServer] = Field(default_factory=list, description="STUN/TURN servers")
+    connect_timeout_s: float = Field(30.0, gt=0, description="offer to connected, at most")
+    idle_timeout_s: float = Field(20.0, gt=0, description="end a session without video this long")
+    state_interval_s: float = Field(1.0, gt=0, le=60)
+    question_max_chars: int = Field(500, ge=1, le=4000)
+    confirm_answers: int = Field(
+        2, ge=1, le=10, description="answers in a row that a new step needs to be announced"
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServeSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.self_signed and self.tls_cert is not None:
+            raise ValueError("self_signed and tls_cert/tls_key exclude each other")
+        return self
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     format: Literal["text", "json"] = "text"
@@ -54,4 +112,6 @@ class LoggingSettings(_Section):
 class Settings(_Section):
     sampling: SamplingSettings = SamplingSettings()
     tasks: TaskSettings = TaskSettings()
+    engine: EngineSettings = EngineSettings()
+    serve: ServeSettings = ServeSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -2,7 +2,9 @@
 
 Offline, a clip is one 450-frame window of a video. Live, it is a snapshot of the
 :class:`RollingClipBuffer`, which holds the last ``clip_frames`` sampled frames and never
-more, so a session that runs for hours holds constant memory.
+more, so a session that runs for hours holds constant memory. A frame is either RGB pixels
+(:class:`Frame`) or the model image already encoded by :mod:`lavia_live.contract.frames`
+(:class:`EncodedFrame`, what a live session keeps and an engine receives).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import itertools
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -38,10 +41,26 @@ class Frame:
 
 
 @dataclass(frozen=True)
-class Clip:
+class EncodedFrame:
+    """One sampled frame as the model gets it: JPEG bytes and its time in seconds."""
+
+    jpeg: bytes
+    timestamp: float
+
+
+class Timed(Protocol):
+    @property
+    def timestamp(self) -> float: ...
+
+
+F = TypeVar("F", bound=Timed)
+
+
+@dataclass(frozen=True)
+class Clip(Generic[F]):
     """Up to ``max_frames`` frames, oldest first, with strictly increasing timestamps."""
 
-    frames: tuple[Frame, ...]
+    frames: tuple[F, ...]
     max_frames: int = CLIP_FRAMES
 
     def __post_init__(self) -> None:
@@ -55,22 +74,18 @@ class Clip:
                 raise ClipError(f"clip frames must be oldest first, got {a} before {b}")
 
     @classmethod
-    def of(cls, frames: Sequence[Frame], max_frames: int = CLIP_FRAMES) -> Clip:
+    def of(cls, frames: Sequence[F], max_frames: int = CLIP_FRAMES) -> Clip[F]:
         return cls(tuple(frames), max_frames)
 
     def __len__(self) -> int:
         return len(self.frames)
 
-    def __iter__(self) -> Iterator[Frame]:
+    def __iter__(self) -> Iterator[F]:
         return iter(self.frames)
 
     @property
     def timestamps(self) -> tuple[float, ...]:
         return tuple(f.timestamp for f in self.frames)
-
-    @property
-    def images(self) -> list[Image]:
-        return [f.image for f in self.frames]
 
     @property
     def start(self) -> float:
@@ -81,14 +96,14 @@ class Clip:
         return self.frames[-1].timestamp if self.frames else 0.0
 
 
-class RollingClipBuffer:
+class RollingClipBuffer(Generic[F]):
     """The last ``capacity`` sampled frames of a live session; bounded by construction."""
 
     def __init__(self, capacity: int = CLIP_FRAMES) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self._frames: deque[Frame] = deque(maxlen=capacity)
+        self._frames: deque[F] = deque(maxlen=capacity)
         self._pushed = 0
 
     def __len__(self) -> int:
@@ -99,7 +114,7 @@ class RollingClipBuffer:
         """Frames pushed since creation (a clip's identity for the scheduler)."""
         return self._pushed
 
-    def push(self, frame: Frame) -> None:
+    def push(self, frame: F) -> None:
         if self._frames and not frame.timestamp > self._frames[-1].timestamp:
             raise ClipError(
                 f"frame at {frame.timestamp}s is not newer than the last one "
@@ -111,7 +126,7 @@ class RollingClipBuffer:
     def ready(self, min_frames: int) -> bool:
         return len(self._frames) >= min(min_frames, self.capacity)
 
-    def snapshot(self) -> Clip:
+    def snapshot(self) -> Clip[F]:
         return Clip(tuple(self._frames), self.capacity)
 
     def clear(self) -> None:

@@ -18,7 +18,7 @@ def test_rolling_buffer_keeps_the_last_15_oldest_first() -> None:
     clip = buffer.snapshot()
     assert len(clip) == 15
     assert clip.timestamps == tuple(float(t) for t in range(25, 40))
-    assert [int(img[0, 0, 0]) for img in clip.images] == list(range(25, 40))
+    assert [int(f.image[0, 0, 0]) for f in clip.frames] == list(range(25, 40))
     assert (clip.start, clip.end) == (25.0, 39.0)
     assert buffer.pushed == 40
 

@@ -1,0 +1,168 @@
+"""The wire protocol of ``lavia serve``, version :data:`PROTOCOL_VERSION`.
+
+Signaling is one HTTP request: ``POST /offer`` with :class:`OfferRequest` answers
+:class:`OfferResponse`. Everything after that travels as JSON text on the data channel
+labelled ``lavia`` that the client creates before its offer: :data:`ClientMessage` from the
+client, the ``*Event`` models from the server. Every message has a ``type``. The README's
+"Protocol" section documents the same for third-party clients; the tests check both agree.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from lavia_live.contract.tasks import TaskContext
+
+PROTOCOL_VERSION = 1
+CHANNEL_LABEL = "lavia"
+MAX_CLIENT_MESSAGE_BYTES = 4096
+MAX_OFFER_BYTES = 64 * 1024
+
+
+class ProtocolError(ValueError):
+    """A client message or request body that breaks the protocol; ``code`` names the rule."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- signaling --------------------------------------------------------------------------
+
+
+class OfferRequest(_Wire):
+    sdp: str = Field(min_length=1, max_length=MAX_OFFER_BYTES)
+    type: Literal["offer"]
+    task: str | None = Field(None, max_length=80, description="task id; default: the server's")
+
+
+class OfferResponse(_Wire):
+    sdp: str
+    type: Literal["answer"] = "answer"
+    session: str
+    protocol: int = PROTOCOL_VERSION
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The JSON body of every HTTP error the server answers."""
+    return {"error": {"code": code, "message": message}}
+
+
+# -- client -> server -------------------------------------------------------------------
+
+
+class QuestionMessage(_Wire):
+    type: Literal["question"]
+    text: str = Field(min_length=1, max_length=4000)
+    id: str | None = Field(None, max_length=64)
+
+
+class TaskMessage(_Wire):
+    type: Literal["task"]
+    task: str = Field(min_length=1, max_length=80)
+
+
+class ResetMessage(_Wire):
+    type: Literal["reset"]
+
+
+ClientMessage = Annotated[QuestionMessage | TaskMessage | ResetMessage, Field(discriminator="type")]
+_CLIENT_MESSAGE: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+CLIENT_TYPES = ("question", "task", "reset")
+
+
+def parse_client_message(data: str | bytes) -> ClientMessage:
+    """One data-channel message from a client, or :class:`ProtocolError` saying what is
+    wrong with it (too large, not JSON, unknown type, a bad field)."""
+    size = len(data.encode("utf-8", "replace") if isinstance(data, str) else data)
+    if size > MAX_CLIENT_MESSAGE_BYTES:
+        raise ProtocolError(
+            "message_too_large", f"messages are at most {MAX_CLIENT_MESSAGE_BYTES} bytes"
+        )
+    if isinstance(data, bytes):
+        raise ProtocolError("bad_message", "messages are JSON text, not binary")
+    try:
+        return _CLIENT_MESSAGE.validate_json(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        if err["type"] == "json_invalid":
+            raise ProtocolError("bad_json", "the message is not valid JSON") from exc
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found", "model_type"):
+            known = ", ".join(CLIENT_TYPES)
+            raise ProtocolError("unknown_type", f"a message needs a 'type' among: {known}") from exc
+        field = ".".join(str(p) for p in err["loc"][1:]) or "(message)"
+        raise ProtocolError("bad_message", f"field '{field}': {err['msg']}") from exc
+
+
+# -- server -> client -------------------------------------------------------------------
+
+
+class TaskInfo(_Wire):
+    id: str
+    title: str
+    steps: list[str]
+
+    @classmethod
+    def of(cls, task: TaskContext) -> TaskInfo:
+        return cls(id=task.id, title=task.title, steps=list(task.steps))
+
+
+class HelloEvent(_Wire):
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    session: str
+    task: TaskInfo
+    engine: str
+
+
+class TaskEvent(_Wire):
+    type: Literal["task"] = "task"
+    task: TaskInfo
+
+
+class GuidanceEvent(_Wire):
+    type: Literal["guidance"] = "guidance"
+    current_step: str
+    next_step: str
+    warning: str | None
+    current_index: int | None  # 0-based into the task's steps; None: not one of them
+    next_index: int | None  # None also when the task is complete
+    done: list[int]  # steps completed, 0-based
+    clip_start: float  # seconds on the session clock
+    clip_end: float
+    frames: int
+    latency_ms: float  # the engine's time for this answer
+
+
+class AnswerEvent(_Wire):
+    type: Literal["answer"] = "answer"
+    id: str
+    final: bool
+    delta: str | None = None  # a piece of the answer (final: false)
+    text: str | None = None  # the whole answer (final: true)
+
+
+class StateEvent(_Wire):
+    type: Literal["state"] = "state"
+    frames_received: int
+    frames_sampled: int
+    buffered: int
+    model_busy: bool
+    last_latency_ms: float | None
+
+
+class ErrorEvent(_Wire):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    id: str | None = None  # the question it concerns, if any
+
+
+ServerEvent = HelloEvent | TaskEvent | GuidanceEvent | AnswerEvent | StateEvent | ErrorEvent

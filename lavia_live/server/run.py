@@ -1,0 +1,136 @@
+"""The entry points behind ``lavia serve`` and ``lavia watch``: open the engine, run, and
+shut down cleanly on Ctrl-C or SIGTERM (every session closed before the process exits)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from lavia_live.config.settings import Settings
+from lavia_live.contract.tasks import TaskLibrary
+from lavia_live.engines.base import Engine
+from lavia_live.engines.factory import frame_max_side, open_engine
+from lavia_live.server.app import LiveServer
+from lavia_live.server.tls import self_signed, server_context
+from lavia_live.watch import check_source, print_event, stream_to_server, watch_source
+
+log = logging.getLogger(__name__)
+
+
+async def _open_engine(settings: Settings) -> Engine:
+    e = settings.engine
+    return await asyncio.to_thread(
+        open_engine,
+        e.name,
+        api_model=e.api_model,
+        api_key_env=e.api_key_env,
+        device=e.device,
+        cpu_threads=e.cpu_threads,
+    )
+
+
+@contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def serve(settings: Settings) -> int:
+    s = settings.serve
+    library = TaskLibrary.load(settings.tasks.folder)
+    library.require(settings.tasks.default_task)  # a wrong task fails before the model loads
+    ssl_context = None
+    if s.self_signed:
+        cert, key = self_signed(s.host)
+        ssl_context = server_context(cert, key)
+    elif s.tls_cert is not None and s.tls_key is not None:
+        ssl_context = server_context(s.tls_cert, s.tls_key)
+    engine = await _open_engine(settings)
+    server = LiveServer(
+        settings, engine, frame_max_side=frame_max_side(settings.engine.name), library=library
+    )
+    stop = asyncio.Event()
+    try:
+        with _stop_on_signals(stop):
+            url = await server.start(s.host, s.port, ssl_context)
+            print(f"LaViA Live is serving {engine.name} at {url}  (Ctrl-C stops)", flush=True)
+            if ssl_context is None and s.host not in ("127.0.0.1", "localhost", "::1"):
+                print(
+                    "note: browsers allow the camera only on https:// or localhost; for other "
+                    "machines use --self-signed or --tls-cert/--tls-key",
+                    file=sys.stderr,
+                )
+            if s.self_signed:
+                print(
+                    "note: the certificate is self-signed: the browser shows a warning once "
+                    "(Advanced > Proceed); the camera works after that",
+                    file=sys.stderr,
+                )
+            await stop.wait()
+    finally:
+        await server.stop()
+        await engine.aclose()
+    print("LaViA Live stopped", flush=True)
+    return 0
+
+
+async def watch(
+    source: str,
+    settings: Settings,
+    *,
+    server: str | None = None,
+    fast: bool = False,
+    source_format: str | None = None,
+) -> int:
+    check_source(source, source_format)
+    task = TaskLibrary.load(settings.tasks.folder).require(settings.tasks.default_task)
+    stop = asyncio.Event()
+    with _stop_on_signals(stop):
+        if server is not None:
+            token = settings.serve.token
+            await stream_to_server(
+                server,
+                source,
+                task=task.id,
+                on_event=print_event,
+                token=token.get_secret_value() if token else None,
+                settings=settings,
+                stop=stop,
+            )
+            return 0
+        engine = await _open_engine(settings)
+        try:
+            run = asyncio.create_task(
+                watch_source(
+                    source,
+                    task=task,
+                    engine=engine,
+                    settings=settings,
+                    frame_max_side=frame_max_side(settings.engine.name),
+                    on_event=print_event,
+                    fast=fast,
+                    source_format=source_format,
+                )
+            )
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({run, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not run.done():
+                run.cancel()
+            await asyncio.wait({run})
+            if not run.cancelled():
+                run.result()  # a MediaError and the like surface here
+        finally:
+            await engine.aclose()
+    return 0

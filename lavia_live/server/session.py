@@ -1,0 +1,218 @@
+"""One live session: a browser's peer connection, its video in, its events out.
+
+The session owns everything it starts: the peer connection, the task reading its video
+track (and one draining any audio track, so nothing queues up unread), the ``state``
+ticker and a watchdog. :meth:`Session.close` ends all of them, whatever ends the session:
+the client leaving, ICE failing, the video stopping, the server shutting down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import av
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+
+from lavia_live.config.settings import ServeSettings
+from lavia_live.contract.tasks import TaskContext, TaskLibrary
+from lavia_live.errors import TaskDefinitionError
+from lavia_live.server.assistant import LiveAssistant
+from lavia_live.server.protocol import (
+    CHANNEL_LABEL,
+    ErrorEvent,
+    HelloEvent,
+    ProtocolError,
+    QuestionMessage,
+    ServerEvent,
+    StateEvent,
+    TaskInfo,
+    TaskMessage,
+    parse_client_message,
+)
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 5.0
+MAX_BUFFERED_BYTES = 1 << 20  # a client this far behind gets no more state events
+
+
+def ice_configuration(settings: ServeSettings) -> RTCConfiguration:
+    """STUN/TURN servers from the settings; none by default (aiortc's default STUN server
+    is on the internet, and gathering waits for it)."""
+    servers = [
+        RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+        for s in settings.ice_servers
+    ]
+    return RTCConfiguration(iceServers=servers)
+
+
+class Session:
+    def __init__(
+        self,
+        sid: str,
+        settings: ServeSettings,
+        library: TaskLibrary,
+        task: TaskContext,
+        make_assistant: Callable[[Session, TaskContext], LiveAssistant],
+        on_closed: Callable[[Session], None],
+    ) -> None:
+        self.sid = sid
+        self.settings = settings
+        self.library = library
+        self.pc = RTCPeerConnection(ice_configuration(settings))
+        self.channel: RTCDataChannel | None = None
+        self.assistant = make_assistant(self, task)
+        self._on_closed = on_closed
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._video = False
+        self._connected = asyncio.Event()
+        self._closing: asyncio.Task[None] | None = None
+        self.close_reason = ""
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    @property
+    def task(self) -> TaskContext:
+        return self.assistant.task
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def accept(self, offer: RTCSessionDescription) -> RTCSessionDescription:
+        """Answer the client's offer (ICE gathered: aiortc does not trickle)."""
+        await self.pc.setRemoteDescription(offer)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._spawn(self._watchdog(), "watchdog")
+        self._spawn(self._tick(), "state")
+        return self.pc.localDescription
+
+    def close(self, reason: str) -> asyncio.Task[None]:
+        """End the session (idempotent); the returned task finishes once all is closed."""
+        if self._closing is None:
+            self.close_reason = reason
+            self._closing = asyncio.create_task(self._close(), name=f"lavia-close-{self.sid}")
+        return self._closing
+
+    async def _close(self) -> None:
+        log.info("session closing: %s", self.close_reason, extra={"session": self.sid})
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        await self.assistant.close()
+        try:
+            await asyncio.wait_for(self.pc.close(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("peer connection did not close in time", extra={"session": self.sid})
+        self._on_closed(self)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        task = asyncio.create_task(coro, name=f"lavia-{what}-{self.sid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watchdog(self) -> None:
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.settings.connect_timeout_s)
+        except TimeoutError:
+            self.close(f"not connected within {self.settings.connect_timeout_s:g} s")
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.debug("connection %s", state, extra={"session": self.sid})
+        if state == "connected":
+            self._connected.set()
+        elif state in ("failed", "closed"):
+            self.close(f"connection {state}")
+
+    # -- media ----------------------------------------------------------------------
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video" and not self._video:
+            self._video = True
+            self._spawn(self._read_video(track), "video")
+        else:  # audio (voice is not served yet) or a second video: read and discard
+            self._spawn(self._drain(track), "drain")
+
+    async def _read_video(self, track: MediaStreamTrack) -> None:
+        timeout = self.settings.idle_timeout_s
+        while True:
+            try:
+                frame = await asyncio.wait_for(track.recv(), timeout)
+            except TimeoutError:
+                self.send(ErrorEvent(code="no_video", message=f"no video for {timeout:g} s"))
+                self.close(f"no video for {timeout:g} s")
+                return
+            except MediaStreamError:
+                self.send(ErrorEvent(code="video_ended", message="the video track ended"))
+                self.close("video track ended")
+                return
+            if isinstance(frame, av.VideoFrame):
+                await self.assistant.offer_frame(frame)
+
+    async def _drain(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(track.recv(), self.settings.idle_timeout_s)
+            except (TimeoutError, MediaStreamError):
+                return
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.state_interval_s)
+            self.send(self.assistant.state())
+
+    # -- data channel ---------------------------------------------------------------
+
+    def send(self, event: ServerEvent) -> None:
+        channel = self.channel
+        if channel is None or channel.readyState != "open":
+            return
+        if isinstance(event, StateEvent) and channel.bufferedAmount > MAX_BUFFERED_BYTES:
+            return  # a slow client: skip the periodic state, keep the events that matter
+        channel.send(event.model_dump_json())
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != CHANNEL_LABEL or self.channel is not None:
+            log.info("ignoring data channel %r", channel.label, extra={"session": self.sid})
+            return
+        self.channel = channel
+        channel.on("message", self._on_message)
+        self.send(
+            HelloEvent(
+                session=self.sid,
+                task=TaskInfo.of(self.task),
+                engine=self.assistant.engine.name,
+            )
+        )
+
+    def _on_message(self, data: str | bytes) -> None:
+        try:
+            message = parse_client_message(data)
+        except ProtocolError as exc:
+            self.assistant.report(exc.code, exc.message)
+            return
+        if isinstance(message, QuestionMessage):
+            self.assistant.ask(message.text, message.id)
+        elif isinstance(message, TaskMessage):
+            try:
+                task = self.library.require(message.task)
+            except TaskDefinitionError as exc:
+                self.assistant.report("unknown_task", str(exc))
+                return
+            self.assistant.switch_task(task)
+        else:
+            self.assistant.reset()

@@ -1,0 +1,91 @@
+"""The step tracker: announces changes only, smooths one-off answers, warns on sequence."""
+
+from __future__ import annotations
+
+import pytest
+
+from lavia_live.contract.guidance import TASK_COMPLETE, Guidance, parse_guidance
+from lavia_live.contract.tasks import TaskContext
+from lavia_live.server.tracker import Announcement, StepTracker
+
+TASK = TaskContext(
+    "t", "Test task", ("Open the lid.", "Pour the water.", "Close the lid.", "Press start.")
+)
+
+
+def answer(current: int, warning: str | None = None, *, text: str | None = None) -> object:
+    steps = TASK.steps
+    nxt = steps[current + 1] if current + 1 < len(steps) else TASK_COMPLETE
+    return parse_guidance(Guidance(text or steps[current], nxt, warning).to_text())
+
+
+def feed(tracker: StepTracker, *currents: int) -> list[Announcement | None]:
+    return [tracker.update(answer(c)) for c in currents]  # type: ignore[arg-type]
+
+
+def test_first_answer_is_announced_then_only_confirmed_changes() -> None:
+    tracker = StepTracker(TASK, confirm=2)
+    out = feed(tracker, 0, 0, 0, 1, 1, 1)
+    assert [a is not None for a in out] == [True, False, False, False, True, False]
+    assert out[0] is not None and (out[0].current_index, out[0].next_index) == (0, 1)
+    assert out[4] is not None and out[4].current_step == "Pour the water." and out[4].done == (0,)
+
+
+def test_a_one_off_answer_amid_steady_ones_is_not_announced() -> None:
+    tracker = StepTracker(TASK, confirm=2)
+    out = feed(tracker, 1, 1, 3, 1, 1, 2, 2)
+    announced = [a.current_index for a in out if a is not None]
+    assert announced == [1, 2]
+
+
+def test_skipped_step_is_warned_and_not_marked_done() -> None:
+    tracker = StepTracker(TASK, confirm=1)
+    feed(tracker, 0, 1)
+    (jump,) = feed(tracker, 3)
+    assert jump is not None and jump.warning is not None
+    assert "step 3 (Close the lid.)" in jump.warning and "Skipped" in jump.warning
+    assert jump.done == (0, 1)
+
+
+def test_going_back_to_a_done_step_is_warned_and_undoes_later_steps() -> None:
+    tracker = StepTracker(TASK, confirm=1)
+    feed(tracker, 0, 1, 2)
+    (back,) = feed(tracker, 0)
+    assert back is not None and back.warning is not None and "already done" in back.warning
+    assert back.done == ()
+
+
+def test_model_warning_needs_confirmation_like_a_step() -> None:
+    tracker = StepTracker(TASK, confirm=2)
+    feed(tracker, 1)
+    assert tracker.update(answer(1, "Water is spilling.")) is None  # type: ignore[arg-type]
+    again = tracker.update(answer(1, "Water is spilling."))  # type: ignore[arg-type]
+    assert again is not None and again.warning == "Water is spilling."
+
+
+def test_fuzzy_step_names_map_to_the_list_and_unknown_steps_keep_their_text() -> None:
+    tracker = StepTracker(TASK, confirm=1)
+    (a,) = [tracker.update(answer(1, text="pour the water"))]  # type: ignore[arg-type]
+    assert a is not None and a.current_index == 1 and a.current_step == "Pour the water."
+    (b,) = [tracker.update(answer(1, text="Juggle three oranges."))]  # type: ignore[arg-type]
+    assert b is not None and b.current_index is None and b.current_step == "Juggle three oranges."
+
+
+def test_last_step_completes_the_task_and_unparsed_answers_change_nothing() -> None:
+    tracker = StepTracker(TASK, confirm=1)
+    feed(tracker, 0, 1, 2)
+    (last,) = feed(tracker, 3)
+    assert last is not None and last.next_index is None and last.next_step == TASK_COMPLETE
+    assert last.done == (0, 1, 2)  # the last step is under way, not done
+    assert tracker.update(parse_guidance("I see a kitchen.")) is None
+    assert tracker.announced == last
+
+
+def test_reset_forgets_progress_and_history() -> None:
+    tracker = StepTracker(TASK, confirm=1)
+    feed(tracker, 0, 1)
+    assert len(tracker.history()) == 2
+    tracker.reset()
+    assert tracker.announced is None and tracker.done == () and not tracker.history()
+    with pytest.raises(ValueError):
+        StepTracker(TASK, confirm=0)
