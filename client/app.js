@@ -611,15 +611,17 @@ function onAnswer(msg) {
   let entry = app.answers.get(msg.id);
   if (!entry) entry = addAnswer(msg.id, null);
   if (msg.final) {
-    entry.text.textContent = msg.text ?? entry.text.textContent;
+    entry.text.textContent = (msg.text ?? entry.text.textContent).trim();
     entry.li.removeAttribute("aria-busy");
     entry.li.dataset.final = "true";
   } else if (typeof msg.delta === "string") {
+    const text = entry.li.dataset.waiting ? msg.delta.trimStart() : msg.delta;
+    if (!text) return; // leading whitespace: keep "Thinking…" until words arrive
     if (entry.li.dataset.waiting) {
       entry.text.textContent = "";
       delete entry.li.dataset.waiting;
     }
-    entry.text.textContent += msg.delta;
+    entry.text.textContent += text;
   }
 }
 
