@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ from lavia_live.watch import stream_to_server
 from tests.lavia_live.server.conftest import make_settings, running_server, wait_for
 
 STEP_LAG_S = 8.0  # sampling (1 s), the model on 2 busy cores, the tracker's confirmation
+
+
+def dedup(values: list[Any]) -> list[Any]:
+    return [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v]
 
 
 def step_starts(truth: dict[str, Any]) -> dict[int, float]:
@@ -48,6 +53,17 @@ async def test_streamed_demo_video_gets_guidance_that_follows_the_ground_truth(
     ]
     assert len(on_time) >= len(starts) - 2, (first_seen, starts)
     assert guidance[-1]["done"] == sorted(guidance[-1]["done"])
+    # lavia watch on the same file (the same loop, every clip answered) tells the same steps.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lavia_live.cli", "watch", str(video), "--fast",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    assert proc.returncode == 0, err.decode()
+    watched = [json.loads(line) for line in out.decode().splitlines()]
+    assert all(w["t"] >= 0 for w in watched)
+    watch_steps = [w["current_index"] for w in watched if w["type"] == "guidance"]
+    assert dedup(watch_steps) == dedup(announced), (watch_steps, announced)
     state = [e for e in events if e["type"] == "state"][-1]
     assert state["frames_sampled"] >= 10 and state["frames_received"] >= state["frames_sampled"]
     await wait_for(lambda: not live_server.sessions, 15, "the session closes with the client")
