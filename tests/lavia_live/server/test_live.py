@@ -245,6 +245,7 @@ async def test_sessions_leave_no_task_peer_or_thread(
     async with running_server(make_settings()) as server:
         clients = [await Client(server, demo_video[0]).connect() for _ in range(2)]
         assert len(server.sessions) == 2
+        sessions = list(server.sessions.values())
         if how == "client_close":
             for c in clients:
                 await c.close()
@@ -252,6 +253,7 @@ async def test_sessions_leave_no_task_peer_or_thread(
     if how == "server_stop":
         for c in clients:
             await c.close()
+    assert all(s.pc.connectionState == "closed" for s in sessions)  # no peer left open
     await wait_for(lambda: len(asyncio.all_tasks()) <= tasks_before, 20, "no task left")
     await wait_for(
         lambda: {t.ident for t in threading.enumerate()} <= threads_before | _pool_threads(),
@@ -265,3 +267,27 @@ def _pool_threads() -> set[int | None]:
     import threading
 
     return {t.ident for t in threading.enumerate() if t.name.startswith("asyncio_")}
+
+
+async def test_an_offer_that_never_connects_is_closed_by_the_connect_timeout(
+    demo_video: tuple[Path, dict[str, Any]],
+) -> None:
+    async with running_server(make_settings(connect_timeout_s=2.0)) as server:
+        baseline = len(asyncio.all_tasks())
+        client = Client(server, demo_video[0])
+        try:
+            assert client.player.video is not None
+            client.pc.addTrack(client.player.video)
+            await client.pc.setLocalDescription(await client.pc.createOffer())
+            status, body = await post_offer(
+                server, {"sdp": client.pc.localDescription.sdp, "type": "offer"}
+            )
+            assert status == 200
+            session = server.sessions[body["session"]]
+            # The client never applies the answer: ICE never completes on its side.
+            await wait_for(lambda: not server.sessions, 20, "unconnected session closed")
+            assert session.close_reason == "not connected within 2 s"
+            assert session.pc.connectionState == "closed"
+        finally:
+            await client.close()
+        await wait_for(lambda: len(asyncio.all_tasks()) <= baseline, 20, "no task left")
