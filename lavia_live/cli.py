@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
@@ -38,6 +38,15 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
         help="override one setting, e.g. --set sampling.clip_frames=15 (wins over all else)",
     )  # fmt: skip
+
+
+def apply_setting_flags(args: argparse.Namespace, flags: Mapping[str, str]) -> None:
+    """Turn the options that are settings (option dest -> dotted key) into ``--set``
+    overrides, so flags win over files and environment and ``lavia config`` shows them."""
+    for dest, key in flags.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            args.overrides.append(f"{key}={value}")
 
 
 def load_config(args: argparse.Namespace, model: type[M]) -> Loaded[M]:
@@ -91,10 +100,7 @@ _SERVE_FLAGS = {
 
 
 def _serve_settings(args: argparse.Namespace) -> Settings:
-    for dest, key in _SERVE_FLAGS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            args.overrides.append(f"{key}={value}")
+    apply_setting_flags(args, _SERVE_FLAGS)
     if getattr(args, "self_signed", False):
         args.overrides.append("serve.self_signed=true")
     return load_config(args, Settings).settings

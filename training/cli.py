@@ -18,7 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lavia_live.atomic import atomic_open
-from lavia_live.cli import add_config_options, load_config
+from lavia_live.cli import add_config_options, apply_setting_flags, load_config
 from lavia_live.contract.records import iter_records
 from lavia_live.contract.tasks import TaskLibrary
 from training.config import PipelineSettings
@@ -41,10 +41,7 @@ _SETTING_FLAGS = {
 
 
 def _settings(args: argparse.Namespace) -> PipelineSettings:
-    for dest, key in _SETTING_FLAGS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            args.overrides.append(f"{key}={value}")
+    apply_setting_flags(args, _SETTING_FLAGS)
     return load_config(args, PipelineSettings).settings
 
 

@@ -81,18 +81,24 @@ class Client:
         self.channel.on("message", lambda m: self.events.append(json.loads(m)))
         self.sid = ""
 
-    async def connect(self, task: str = "demo_oil_change") -> Client:
+    async def offer(self, task: str = "demo_oil_change") -> dict[str, Any]:
+        """The offer body for this peer (video track and data channel, ICE gathered)."""
         assert self.player.video is not None
         self.pc.addTrack(self.player.video)
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        status, body = await post_offer(
-            self.server, {"sdp": self.pc.localDescription.sdp, "type": "offer", "task": task}
-        )
-        assert status == 200, body
-        self.sid = body["session"]
-        await self.pc.setRemoteDescription(RTCSessionDescription(body["sdp"], "answer"))
+        return {"sdp": self.pc.localDescription.sdp, "type": "offer", "task": task}
+
+    async def accept(self, answer: dict[str, Any]) -> Client:
+        """Apply the server's answer and wait for its hello."""
+        self.sid = answer["session"]
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         await wait_for(lambda: self.of("hello"), 20, "hello")
         return self
+
+    async def connect(self, task: str = "demo_oil_change") -> Client:
+        status, body = await post_offer(self.server, await self.offer(task))
+        assert status == 200, body
+        return await self.accept(body)
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == kind]
@@ -194,16 +200,12 @@ async def test_token_and_session_cap(demo_video: tuple[Path, dict[str, Any]]) ->
         assert status == 401 and body["error"]["code"] == "unauthorized"
         auth = {"Authorization": "Bearer s3cret"}
         first = Client(server, demo_video[0])
-        assert first.player.video is not None
-        first.pc.addTrack(first.player.video)
-        await first.pc.setLocalDescription(await first.pc.createOffer())
-        offer = {"sdp": first.pc.localDescription.sdp, "type": "offer"}
+        offer = await first.offer()
         status, body = await post_offer(server, offer, headers={"Authorization": "Bearer wrong"})
         assert status == 401
         status, body = await post_offer(server, offer, headers=auth)
         assert status == 200
-        await first.pc.setRemoteDescription(RTCSessionDescription(body["sdp"], "answer"))
-        await wait_for(lambda: first.of("hello"), 20, "hello")
+        await first.accept(body)
         status, refused = await post_offer(server, offer, headers=auth)
         assert status == 503 and refused["error"]["code"] == "server_full"
         # The existing session is unharmed: its video keeps being sampled.
@@ -276,12 +278,7 @@ async def test_an_offer_that_never_connects_is_closed_by_the_connect_timeout(
         baseline = len(asyncio.all_tasks())
         client = Client(server, demo_video[0])
         try:
-            assert client.player.video is not None
-            client.pc.addTrack(client.player.video)
-            await client.pc.setLocalDescription(await client.pc.createOffer())
-            status, body = await post_offer(
-                server, {"sdp": client.pc.localDescription.sdp, "type": "offer"}
-            )
+            status, body = await post_offer(server, await client.offer())
             assert status == 200
             session = server.sessions[body["session"]]
             # The client never applies the answer: ICE never completes on its side.
