@@ -170,7 +170,8 @@ async def stream_to_server(
     player.video.on("ended", video_ended.set)
     try:
         pc.addTrack(player.video)
-        await pc.setLocalDescription(await pc.createOffer())
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):  # ICE gathering
+            await pc.setLocalDescription(await pc.createOffer())
         body = {"sdp": pc.localDescription.sdp, "type": "offer", "task": task}
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
@@ -185,7 +186,8 @@ async def stream_to_server(
                     f"{url}: offer refused ({response.status} {error.get('code', '')}): "
                     f"{error.get('message', answer)}"
                 )
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
         waits = [asyncio.create_task(finished.wait()), asyncio.create_task(video_ended.wait())]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -197,7 +199,7 @@ async def stream_to_server(
                 await asyncio.wait_for(finished.wait(), linger_s)
         return str(answer["session"])
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise WatchError(f"{url}: {exc or type(exc).__name__}") from exc
+        raise WatchError(f"{url}: {exc or 'timed out'}") from exc
     finally:
         if player.video is not None:
             player.video.stop()
