@@ -10,6 +10,7 @@ const DEMO_FPS = 5; // the server samples one frame a second; 5 fps is plenty
 const ICE_GATHER_TIMEOUT_MS = 5000; // aiortc does not trickle: send what is gathered by then
 const OFFER_TIMEOUT_MS = 20000;
 const DISCONNECTED_GRACE_MS = 4000; // 'disconnected' often recovers by itself
+const LIVE_TIMEOUT_MS = 30000; // from the offer to the server's hello
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 10000;
 const MAX_ANSWERS = 20;
@@ -29,6 +30,8 @@ const ui = {
   stop: $("stop"),
   demo: $("demo"),
   error: $("error"),
+  errorText: $("error-text"),
+  errorDismiss: $("error-dismiss"),
   preview: $("preview"),
   previewCaption: $("preview-caption"),
   status: $("status"),
@@ -62,6 +65,7 @@ const app = {
   retryDelay: RETRY_FIRST_MS,
   retryTimer: null,
   disconnectTimer: null,
+  liveTimer: null,
   session: null,
   sessionTask: null, // {id, title, steps} the server is guiding
   progress: { done: new Set(), current: null },
@@ -161,6 +165,10 @@ function wireEvents() {
   ui.reset.addEventListener("click", () => {
     if (send({ type: "reset" })) clearGuidance("Starting over…");
   });
+  ui.errorDismiss.addEventListener("click", () => {
+    clearError();
+    (ui.start.disabled ? ui.stop : ui.start).focus();
+  });
   ui.warningDismiss.addEventListener("click", () => {
     hideWarning();
     ui.guidance.focus();
@@ -170,9 +178,9 @@ function wireEvents() {
     askQuestion();
   });
   navigator.mediaDevices?.addEventListener?.("devicechange", () => fillSources());
+  // Leaving the page ends the session and frees the camera (also for the back-forward cache).
   window.addEventListener("pagehide", () => {
-    app.running = false;
-    teardownPeer();
+    if (app.running) stop();
   });
 }
 
@@ -194,6 +202,7 @@ async function start() {
   try {
     app.media = await openSource(ui.source.value);
   } catch (err) {
+    if (!app.running) return; // stopped meanwhile
     stop();
     showError(describeMediaError(err));
     return;
@@ -217,6 +226,7 @@ function stop() {
   setConnection("stopped");
   setStatus("Not connected.");
   updateButtons();
+  showTaskPreview(); // the next Start is a new session: its progress starts over
 }
 
 function useDemo() {
@@ -384,9 +394,30 @@ async function connect() {
   app.live = false;
   updateButtons();
   setConnection(app.session ? "reconnecting" : "connecting");
+  // A peer that is not live in time (ICE that never completes) is replaced.
+  app.liveTimer = setTimeout(() => {
+    if (!stale() && !app.live) scheduleReconnect("the connection could not be established");
+  }, LIVE_TIMEOUT_MS);
+  try {
+    const pc = openPeer(stale);
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGatheringDone(pc, ICE_GATHER_TIMEOUT_MS);
+    if (stale()) return;
+    const answer = await postOffer(pc.localDescription, ui.task.value);
+    if (stale()) return;
+    app.session = answer.session;
+    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  } catch (err) {
+    if (stale()) return;
+    onConnectFailed(err);
+  }
+}
+
+// The peer connection with the video track (sendonly) and the `lavia` data channel, both
+// added before the offer is made.
+function openPeer(stale) {
   const pc = new RTCPeerConnection({ iceServers: app.config.ice_servers ?? [] });
   app.pc = pc;
-  // Video track and data channel both exist before the offer is made.
   const transceiver = pc.addTransceiver(app.media.track, {
     direction: "sendonly",
     streams: [app.media.stream],
@@ -403,18 +434,7 @@ async function connect() {
   pc.addEventListener("connectionstatechange", () => {
     if (!stale()) onConnectionState(pc.connectionState);
   });
-  try {
-    await pc.setLocalDescription(await pc.createOffer());
-    await iceGatheringDone(pc, ICE_GATHER_TIMEOUT_MS);
-    if (stale()) return;
-    const answer = await postOffer(pc.localDescription, ui.task.value);
-    if (stale()) return;
-    app.session = answer.session;
-    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
-  } catch (err) {
-    if (stale()) return;
-    onConnectFailed(err);
-  }
+  return pc;
 }
 
 function iceGatheringDone(pc, timeoutMs) {
@@ -527,7 +547,9 @@ function teardownPeer() {
   app.generation++;
   app.live = false;
   clearTimeout(app.disconnectTimer);
+  clearTimeout(app.liveTimer);
   app.disconnectTimer = null;
+  app.liveTimer = null;
   if (app.dc) app.dc.close();
   if (app.pc) app.pc.close();
   app.dc = null;
@@ -574,6 +596,8 @@ function onHello(msg) {
     showError(`This page speaks protocol ${PROTOCOL} but the server speaks ${msg.protocol}.`);
   }
   app.live = true;
+  clearTimeout(app.liveTimer);
+  app.liveTimer = null;
   app.retryDelay = RETRY_FIRST_MS;
   app.session = msg.session;
   ui.connection.dataset.session = msg.session ?? "";
@@ -773,13 +797,13 @@ function setStatus(text) {
 }
 
 function showError(text) {
-  ui.error.textContent = text;
+  ui.errorText.textContent = text;
   ui.error.hidden = false;
 }
 
 function clearError() {
   ui.error.hidden = true;
-  ui.error.textContent = "";
+  ui.errorText.textContent = "";
 }
 
 // ---------------------------------------------------------------- plain-word errors
@@ -797,7 +821,10 @@ function describeOfferError(err) {
     case "unauthorized":
       return "The server needs a valid access token. Enter it in the Access token field and press Start.";
     case "unknown_task":
-      return `The server does not know this task (${err.message}). Pick another task.`;
+      return (
+        `The server does not know the task "${ui.task.value}". ` +
+        "Reload the page for its current task list, then pick a task."
+      );
     case "server_full":
       return "the server is busy (too many people are connected)";
     case "too_large":

@@ -190,6 +190,11 @@ async def test_demo_button_streams_the_demo_video(
         shown = await page.text_content("#current-step")
         assert shown in steps
         await shot(page, name, "guidance")
+        # Phone width: one column, nothing wider than the screen.
+        await page.set_viewport_size({"width": 390, "height": 844})
+        assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        await shot(page, name, "phone")
+        await page.set_viewport_size({"width": 1280, "height": 900})
         # A typed question, sent with Enter; the answer streams in.
         await page.fill("#question", "What should I do now?")
         await page.press("#question", "Enter")
@@ -253,8 +258,8 @@ async def test_refused_offer_is_explained(live_server: Any, tmp_path: Path) -> N
         await wait_for_page(
             page, f"{STATE} === 'stopped' && !document.getElementById('error').hidden"
         )
-        message = await page.text_content("#error")
-        assert message and "does not know this task" in message, message
+        message = await page.text_content("#error-text")
+        assert message and "does not know the task" in message, message
         assert len(offers) == 1, "a refused task is not retried"
         assert await page.get_attribute("#start", "disabled") is None
         await shot(page, "refused", "unknown-task")
@@ -273,7 +278,7 @@ async def test_token_is_asked_for_and_sent(tmp_path: Path) -> None:
             await wait_for_page(
                 page, f"{STATE} === 'stopped' && !document.getElementById('error').hidden"
             )
-            message = await page.text_content("#error")
+            message = await page.text_content("#error-text")
             assert message and "access token" in message, message
             assert await page.evaluate("document.activeElement.id") == "token"
             await shot(page, "token", "refused")
