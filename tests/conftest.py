@@ -27,11 +27,16 @@ EXTERNAL_FILES = (
     "honda_oil_change.reference.txt",
     "lavia_original_record_0_0.json",
 )
+# `lavia` reads every LAVIA_* environment variable as a setting (LAVIA_SECTION__KEY) and refuses
+# unknown ones, so the suite's own two variables are taken out of the environment here, before
+# any test runs `lavia` in-process or in a subprocess.
+EXTERNAL_DATA_SETTING = os.environ.pop(EXTERNAL_DATA_ENV, "")
+REQUIRE_EXTERNAL_DATA = os.environ.pop(REQUIRE_EXTERNAL_DATA_ENV, "") not in ("", "0")
 
 
 def external_data_dir() -> Path:
     """``$LAVIA_TEST_DATA`` (relative to the working directory), else ``../shared/data``."""
-    value = os.environ.get(EXTERNAL_DATA_ENV, "")
+    value = EXTERNAL_DATA_SETTING
     return (Path(value).expanduser() if value else DEFAULT_EXTERNAL_DATA).resolve()
 
 
@@ -50,15 +55,15 @@ def external_data() -> Path:
     missing = [name for name in EXTERNAL_FILES if not (folder / name).is_file()]
     if missing:
         source = (
-            f"{EXTERNAL_DATA_ENV}={os.environ[EXTERNAL_DATA_ENV]}"
-            if os.environ.get(EXTERNAL_DATA_ENV)
+            f"{EXTERNAL_DATA_ENV}={EXTERNAL_DATA_SETTING}"
+            if EXTERNAL_DATA_SETTING
             else f"{EXTERNAL_DATA_ENV} unset, so ../shared/data"
         )
         message = (
             f"external test data missing: {', '.join(missing)} not in {folder} ({source}); "
             f"set {EXTERNAL_DATA_ENV} to the folder that holds them"
         )
-        if os.environ.get(REQUIRE_EXTERNAL_DATA_ENV, "") not in ("", "0"):
+        if REQUIRE_EXTERNAL_DATA:
             pytest.fail(f"{message} ({REQUIRE_EXTERNAL_DATA_ENV} is set)", pytrace=False)
         pytest.skip(message)
     return folder
