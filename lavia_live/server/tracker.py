@@ -54,7 +54,7 @@ class StepTracker:
     _candidate: _Reading | None = None
     _streak: int = 0
     _announced: Announcement | None = None
-    _seen: set[int] = field(default_factory=set)  # steps ever announced as current
+    _seen: set[int] = field(default_factory=set)  # steps any answer named as current
     _done: set[int] = field(default_factory=set)
     _history: list[str] = field(default_factory=list)
 
@@ -87,6 +87,10 @@ class StepTracker:
         if parsed.current_step is None:
             return None  # unparsed or half an answer: nothing to go on
         reading = self._read(parsed)
+        if reading.current is not None and reading.current >= 0:
+            # Named once is enough to not call it skipped: a slow model may never confirm a
+            # short step that the person did do.
+            self._seen.add(reading.current)
         if self._candidate is not None and self._candidate.key == reading.key:
             self._streak += 1
         else:
@@ -112,13 +116,15 @@ class StepTracker:
     def _announce(self, reading: _Reading) -> Announcement | None:
         previous = self._announced
         warning = reading.warning or self._sequence_warning(reading.current)
-        if reading.current is not None:
-            if previous is not None and previous.current_index is not None:
-                if reading.current > previous.current_index:
-                    self._done.add(previous.current_index)
-                elif reading.current < previous.current_index:
-                    self._done -= {i for i in self._done if i >= reading.current}
-            self._seen.add(reading.current)
+        if reading.current is not None and previous is not None:
+            before = previous.current_index
+            if before is not None and reading.current > before:
+                # The step left, and any in between that an answer named, are done.
+                self._done |= {before} | {
+                    i for i in range(before, reading.current) if i in self._seen
+                }
+            elif before is not None and reading.current < before:
+                self._done -= {i for i in self._done if i >= reading.current}
         announcement = Announcement(
             current_step=reading.current_text,
             next_step=reading.next_text,
@@ -152,10 +158,11 @@ class StepTracker:
         if current > before + 1:
             skipped = [i for i in range(before + 1, current) if i not in self._seen]
             if skipped:
-                names = "; ".join(f"step {i + 1} ({steps[i]})" for i in skipped)
+                names = "; ".join(f"step {i + 1} ({steps[i].rstrip('.')})" for i in skipped)
                 return f"Skipped {names}."
         if current < before and current in self._done:
-            return f"Back at step {current + 1} ({steps[current]}), which was already done."
+            step = steps[current].rstrip(".")
+            return f"Back at step {current + 1} ({step}), which was already done."
         return None
 
 
