@@ -220,6 +220,23 @@ class BenchServer(LiveServer):
         return total
 
 
+async def wait_closed(server: BenchServer, timeout_s: float) -> None:
+    """Wait until the server has noticed that every peer left; sessions still open after
+    ``timeout_s`` get their counters noted as they are (and are closed by ``stop``)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while server.sessions:
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        log.warning(
+            "%d sessions still open %g s after their peers left", len(server.sessions), timeout_s
+        )
+        for sid, session in server.sessions.items():
+            bench_log = server.logs.get(sid)
+            if bench_log is not None and bench_log.final is None:
+                bench_log.final = bench_log.counters(session.assistant)
+
+
 def bench_settings(max_sessions: int = 64) -> Settings:
     return Settings.model_validate({"serve": {"max_sessions": max_sessions}})
 

@@ -56,6 +56,7 @@ from _server import (
     running,
     setup_logging,
     table,
+    wait_closed,
 )
 
 from lavia_live.contract.frames import FrameFormat, encode_frame
@@ -179,9 +180,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 linger_s=4.0,
                 timeout_s=len(stream) / stream.fps + 120,
             )
-            async with asyncio.timeout(CLOSE_WAIT_S):
-                while server.sessions:
-                    await asyncio.sleep(0.1)
+            await wait_closed(server, CLOSE_WAIT_S)
             for peer in clients.peers:
                 bench_log = server.logs.get(peer.sid or "")
                 if peer.error or bench_log is None:

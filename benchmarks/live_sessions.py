@@ -49,6 +49,7 @@ from _server import (
     setup_logging,
     steady_window,
     table,
+    wait_closed,
 )
 
 from lavia_live.engines.factory import frame_max_side
@@ -104,9 +105,7 @@ async def trial(stream: Vp8Stream, sessions: int, args: argparse.Namespace) -> T
         )
         monitor.sample()
         ended = time.time()
-        async with asyncio.timeout(CLOSE_WAIT_S):  # the server notices the peers are gone
-            while server.sessions:
-                await asyncio.sleep(0.1)
+        await wait_closed(server, CLOSE_WAIT_S)
     sampled_ok = dropped = failed = received = sent = 0
     why: list[str] = []
     short: list[tuple[int, int]] = []  # (sampled, expected) of sessions that lost frames
