@@ -12,9 +12,10 @@ engine is the real embedded model (one torch thread), which answers as fast as i
 (slowed by tracemalloc): at 30x most clips are replaced while one is being answered, as
 under load; ``--engine paused`` runs the ingest side alone. Events are counted, not kept.
 
-Every ``--every`` simulated minutes, after a ``gc.collect()``: the process's RSS
-(``/proc/self/statm``) and the Python heap traced by ``tracemalloc`` (started before the
-session was made, so the model's weights are not in it). The slope is a least-squares fit
+Every ``--every`` simulated minutes, once no model request is in flight (the feed waits)
+and after a ``gc.collect()``: the process's RSS (``/proc/self/statm``) and the Python heap
+traced by ``tracemalloc`` (started before the session was made, so the model's weights are
+not in it). The slope is a least-squares fit
 from the first sample after the start (warm-up excluded), and over the second half, in MiB
 per simulated hour; the lines whose traced memory grew most from that sample to the last
 are listed.
@@ -54,6 +55,7 @@ FPS = 30
 PTS_STEP = 90_000 // FPS
 TIME_BASE = Fraction(1, 90_000)
 MIB = 2**20
+IDLE_WAIT_S = 120.0  # for the request in flight to end before a sample
 
 
 class CountingEngine:
@@ -135,7 +137,12 @@ async def run(args: argparse.Namespace) -> tuple[list[Sample], list[str], str]:
     )
     samples: list[Sample] = []
 
-    def sample(second: int) -> None:
+    async def sample(second: int) -> None:
+        # Between requests (the feed waits until none is in flight, so a request's inputs
+        # are not counted in one sample and missing from the next).
+        async with asyncio.timeout(IDLE_WAIT_S):
+            while scheduler.in_flight:
+                await asyncio.sleep(0.02)
         gc.collect()
         samples.append(
             Sample(
@@ -153,7 +160,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Sample], list[str], str]:
     first_snapshot: tracemalloc.Snapshot | None = None
     started = time.monotonic()
     try:
-        sample(0)
+        await sample(0)
         total = round(args.minutes * 60)
         for second in range(total):
             frame = frames[second % len(frames)]
@@ -167,7 +174,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Sample], list[str], str]:
             else:
                 await asyncio.sleep(0)
             if (second + 1) % round(args.every * 60) == 0:
-                sample(second + 1)
+                await sample(second + 1)
                 if first_snapshot is None:
                     first_snapshot = tracemalloc.take_snapshot()
         growth: list[str] = []
@@ -253,6 +260,16 @@ def main() -> None:
             ],
         )
     )
+    last = samples[-1]
+    requests = last.requests - base.requests
+    if requests > 0:
+        per_request = (last.traced_mib - base.traced_mib) * MIB / requests
+        print(
+            f"\nPython heap change per model request, {base.minute:g} min to the end: "
+            f"{per_request:+.0f} bytes over {requests} requests; a live session asks at most "
+            f"one a second, 3600 an hour: {per_request * 3600 / MIB:+.2f} MiB per real hour "
+            "at most from that."
+        )
     if growth:
         print(f"\nLargest traced growth, {base.minute:g} min to the end:\n")
         for line in growth:
