@@ -15,7 +15,7 @@ const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 10000;
 const MAX_ANSWERS = 20;
 const TOKEN_KEY = "lavia.token";
-const DEFAULT_CAPTURE = { width: 640, height: 480, frame_rate: 5 };
+const DEFAULT_CAPTURE = { width: 640, height: 480, frame_rate: 5, max_bitrate_kbps: 300 };
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -418,9 +418,13 @@ async function connect() {
 function openPeer(stale) {
   const pc = new RTCPeerConnection({ iceServers: app.config.ice_servers ?? [] });
   app.pc = pc;
+  // The assistant looks at one small frame a second: a capped bitrate keeps the picture
+  // sharp enough for it and costs the server (and the uplink) a third of an uncapped one.
+  const capture = { ...DEFAULT_CAPTURE, ...(app.config?.capture ?? {}) };
   const transceiver = pc.addTransceiver(app.media.track, {
     direction: "sendonly",
     streams: [app.media.stream],
+    sendEncodings: [{ maxBitrate: capture.max_bitrate_kbps * 1000 }],
   });
   app.sender = transceiver.sender;
   const dc = pc.createDataChannel("lavia");

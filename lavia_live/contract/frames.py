@@ -74,7 +74,8 @@ def encode_frame(
     # frame, which two threads converting the same frame would share (and crash in).
     # threads=1: a new context per call; its own thread pool would cost more.
     rgb = VideoReformatter().reformat(frame, out_w, out_h, "rgb24", threads=1)
-    image: Image.Image = rgb.to_image()  # type: ignore[no-untyped-call]  # (PyAV's stub)
+    # The same pixels as PyAV's to_image(), in a fraction of its time at 448 px.
+    image = Image.fromarray(rgb.to_ndarray())
     if turn in _ROTATIONS:
         image = image.transpose(_ROTATIONS[turn])
     buffer = io.BytesIO()

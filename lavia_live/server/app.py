@@ -43,7 +43,9 @@ from lavia_live.server.session import Session
 log = logging.getLogger(__name__)
 
 DEMO_VIDEO = "data/demo/demo_oil_change.mp4"
-CAPTURE = {"width": 640, "height": 480, "frame_rate": 5}  # what the page asks the camera for
+# What the page asks of the camera and its encoder: the assistant samples one frame a second
+# and the server's cost per session follows the bitrate (benchmarks/live_sessions.py).
+CAPTURE = {"width": 640, "height": 480, "frame_rate": 5, "max_bitrate_kbps": 300}
 BODY_TIMEOUT_S = 10.0
 OFFER_TIMEOUT_S = 15.0
 
