@@ -36,8 +36,10 @@ from training.data.transcribe import (
 
 KEY_ENV = "LAVIA_TEST_TRANSCRIBE_KEY"
 JFK_SECONDS = 11.0
+# A generous timeout: answers from the loopback server must never run into it, however loaded
+# the machine; only the test of a hanging server shortens it.
 OPENAI = TranscribeOptions(
-    backend="openai", api_key_env=KEY_ENV, timeout_s=5.0, backoff_s=0.01, max_backoff_s=0.05
+    backend="openai", api_key_env=KEY_ENV, timeout_s=30.0, backoff_s=0.01, max_backoff_s=0.05
 )
 
 
@@ -179,7 +181,7 @@ async def test_openai_chunks_real_narration_at_quiet_moments(
 
 @pytest.mark.parametrize(
     "failure",
-    [http_error(500), http_error(429, retry_after=0.01), hang(2.0), malformed_json()],
+    [http_error(500), http_error(429, retry_after=0.01), hang(3600), malformed_json()],
     ids=["500", "429", "timeout", "malformed"],
 )
 async def test_openai_retries_transient_failures(
@@ -187,7 +189,9 @@ async def test_openai_retries_transient_failures(
 ) -> None:
     segments = ((0.0, 4.1, " And so my fellow Americans,"), (4.1, 11.0, " ask not."))
     server.script_transcriptions(failure, transcribed(segments))
-    options = replace(OPENAI, openai_base_url=server.base_url, timeout_s=0.5)
+    # The hanging attempt ends at the client's timeout, which the answered one must beat.
+    timeout_s = 3.0 if failure.kind == "hang" else OPENAI.timeout_s
+    options = replace(OPENAI, openai_base_url=server.base_url, timeout_s=timeout_s)
 
     result = await transcribe(bundled_data / "jfk.flac", options)
 
