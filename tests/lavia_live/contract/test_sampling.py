@@ -100,15 +100,19 @@ def test_about_one_frame_per_second_over_ten_minutes(scenario: Scenario) -> None
     slack = 2 + timeline.resets
     assert len(kept_true) <= duration + slack
     # none lost: every second of real time in which a frame arrived yields one (dropped
-    # frames can empty a second; the 0.5 s spacing rule may cost ~1% at 5 fps, 50% drops)
+    # frames can empty a second; the 0.5 s spacing rule costs up to ~2% when frames are
+    # sparse: 5 fps with half of them dropped and jitter kept 569 of 579 seconds)
     t0 = timeline.true_times[0]
     seconds_with_frames = len({int(t - t0) for t in timeline.true_times})
-    assert len(kept_true) >= 0.99 * seconds_with_frames - slack
+    sparse = scenario.fps * (1 - scenario.drop) < 4
+    assert len(kept_true) >= (0.975 if sparse else 0.99) * seconds_with_frames - slack
     # never two within half a second (session clock exactly; real time up to jitter)
     assert all(b - a > 0.5 for a, b in itertools.pairwise(kept_session))
     assert all(b - a > 0.5 - 2 * timeline.max_jitter for a, b in itertools.pairwise(kept_true))
-    # the next kept frame is at most one interval plus one delivery gap away
-    worst = 1.0 + timeline.max_gap + 2 * timeline.max_jitter
+    # the next kept frame is at most one interval plus one delivery gap away; across a reset
+    # the session clock resumes one shortest recent interval on, so it can lag real time by
+    # up to one more delivery gap (fps=11.9, 28% drops, one reset: 1.513 s against 1.504 s)
+    worst = 1.0 + timeline.max_gap * (2 if timeline.resets else 1) + 2 * timeline.max_jitter
     assert all(b - a <= worst + 1e-9 for a, b in itertools.pairwise(kept_true))
     # the session clock handed out never goes back, even across resets and wraps
     assert kept_session == sorted(kept_session)
