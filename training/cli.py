@@ -161,12 +161,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
     )
     write_report(result, Path(args.out))
-    t = result.totals
-    print(
-        f"{t.clips} clips: next-step {t.next_step_accuracy:.1%}, current-step "
-        f"{t.current_step_accuracy:.1%}, parse rate {t.parse_rate:.1%}, "
-        f"latency {t.latency_mean_s:.3f} s/clip; report: {Path(args.out) / 'report.md'}"
-    )
+    t, q = result.totals, result.question_totals
+    parts = []
+    if t.clips:
+        parts.append(
+            f"{t.clips} clips: next-step {t.next_step_accuracy:.1%}, current-step "
+            f"{t.current_step_accuracy:.1%}, parse rate {t.parse_rate:.1%}, "
+            f"{t.steps_outside_task} naming a step outside the task, "
+            f"latency {t.latency_mean_s:.3f} s/clip"
+        )
+    if q.questions:
+        accuracy = "n/a" if q.question_accuracy is None else f"{q.question_accuracy:.1%}"
+        parts.append(f"{q.questions} questions: {accuracy} with every fact")
+    print(f"{'; '.join(parts)}; report: {Path(args.out) / 'report.md'}")
     return 0
 
 

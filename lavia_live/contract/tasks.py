@@ -48,12 +48,12 @@ COMPLETE = "(complete)"
 """What :func:`match_step` returns for "the task is complete"."""
 
 
-def match_step(text: str | None, steps: Sequence[str]) -> str | None:
+def match_step(text: str | None, steps: Sequence[str], *, fuzzy: bool = True) -> str | None:
     """The step (or :data:`COMPLETE`) an answer names; None when it names none of them.
 
-    Exactly (case, spacing and a final period aside), else the closest step by fuzzy
-    token-set similarity of at least :data:`FUZZY_MIN`. Evaluation and the live step
-    tracker both match answers this way.
+    Exactly (case, spacing and a final period aside), else (unless ``fuzzy`` is False) the
+    closest step by fuzzy token-set similarity of at least :data:`FUZZY_MIN`. The live step
+    tracker matches answers fuzzily; evaluation holds a model to the exact step texts.
     """
     if text is None:
         return None
@@ -63,6 +63,8 @@ def match_step(text: str | None, steps: Sequence[str]) -> str | None:
     for step in steps:
         if normalise_step(step) == key:
             return step
+    if not fuzzy:
+        return None
     best = max(steps, key=lambda s: fuzz.token_set_ratio(normalise_step(s), key), default=None)
     if best is not None and fuzz.token_set_ratio(normalise_step(best), key) >= FUZZY_MIN:
         return best

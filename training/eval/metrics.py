@@ -1,13 +1,25 @@
 """Scoring one answer against a record's ground truth, and the totals over a run.
 
-A step answer is matched to the task's step list: exactly (case, spacing and a final
-period aside), else by fuzzy similarity to the closest step (token-set ratio >= 85);
-"the task is complete" is a step of its own. Without a step list (free-text tasks), the
-answer is compared with the reference text by the same fuzzy ratio.
+Guidance answers. For a task with a step list, an answer's current and next step must be
+one of the task's steps exactly (case, spacing and a final period aside) or "the task is
+complete". An answer that names anything else (an invented step such as "Check the level
+with the drain plug.") names a step outside the task: it never passes, neither its current
+nor its next step, and :attr:`Totals.steps_outside_task` counts it. The reference is
+matched to the step list tolerantly (exactly, else by fuzzy similarity), since annotators
+paraphrase. Without a step list (free-text tasks), the answer is compared with the
+reference text by fuzzy token-set similarity (>= 85).
+
+Accuracy is also broken down by clip length (:data:`CLIP_BUCKETS`, frames per clip): a
+live session's first clips are short, and a model may be good only on full 15-frame clips.
+
+Question answers. A question record lists ``facts`` (a step's text, a count, a tool) that a
+correct answer contains, every one of them: case and spacing aside, a fact's final period
+aside, and as whole words (the fact "3" is not in "13").
 """
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import Counter
 from collections.abc import Sequence
@@ -21,14 +33,41 @@ from lavia_live.contract.tasks import FUZZY_MIN, match_step, normalise_step
 OTHER = "(other)"
 UNPARSED = "(unparsed)"
 
+CLIP_BUCKETS: tuple[tuple[str, int, int], ...] = (
+    ("1-3", 1, 3),
+    ("4-7", 4, 7),
+    ("8-11", 8, 11),
+    ("12-14", 12, 14),
+    ("15", 15, 15),
+)
+"""Clip-length buckets: name, fewest and most frames (inclusive)."""
+
 
 def same_step(predicted: str | None, reference: str, steps: Sequence[str]) -> bool:
+    """Whether ``predicted`` names the reference step: exactly one of ``steps`` (or the
+    task being complete) when there is a step list, else by fuzzy similarity."""
     if predicted is None:
         return False
     if steps:
         expected = match_step(reference, steps)
-        return expected is not None and match_step(predicted, steps) == expected
+        return expected is not None and match_step(predicted, steps, fuzzy=False) == expected
     return fuzz.token_set_ratio(normalise_step(predicted), normalise_step(reference)) >= FUZZY_MIN
+
+
+def names_step_outside_task(parsed: ParsedGuidance, steps: Sequence[str]) -> bool:
+    """Whether an answer's current or next step is text that is none of the task's steps
+    (nor "the task is complete"). Always False for free-text tasks and unparsed answers."""
+    if not steps:
+        return False
+    named = [t for t in (parsed.current_step, parsed.next_step) if t is not None]
+    return any(match_step(t, steps, fuzzy=False) is None for t in named)
+
+
+def clip_bucket(frames: int | None) -> str | None:
+    """The :data:`CLIP_BUCKETS` name for a clip of ``frames`` frames; None outside them."""
+    if frames is None:
+        return None
+    return next((name for name, lo, hi in CLIP_BUCKETS if lo <= frames <= hi), None)
 
 
 @dataclass(frozen=True)
@@ -41,8 +80,10 @@ class ClipScore:
     mistake_predicted: bool
     latency_s: float
     current_label: str  # for the confusion matrix: the reference step
-    current_predicted: str  # the matched predicted step, OTHER or UNPARSED
+    current_predicted: str  # the predicted step, OTHER or UNPARSED
+    outside_task: bool  # the answer names a step that is not one of the task's
     answer: str
+    frames: int | None = None  # frames in the clip
 
 
 def score(
@@ -53,38 +94,68 @@ def score(
     reference_warning: str | None,
     steps: Sequence[str],
     latency_s: float,
+    *,
+    frames: int | None = None,
 ) -> ClipScore:
-    if not parsed.ok:
-        predicted_label = UNPARSED
-    else:
-        predicted_label = (match_step(parsed.current_step, steps) if steps else None) or OTHER
+    outside = names_step_outside_task(parsed, steps)
+    predicted_label = UNPARSED
+    if parsed.ok:
+        named = match_step(parsed.current_step, steps, fuzzy=False) if steps else None
+        predicted_label = named or OTHER
+    passes = parsed.ok and not outside
     return ClipScore(
         record_id=record_id,
         parsed=parsed.ok,
-        current_ok=parsed.ok and same_step(parsed.current_step, reference_current, steps),
-        next_ok=parsed.ok and same_step(parsed.next_step, reference_next, steps),
+        current_ok=passes and same_step(parsed.current_step, reference_current, steps),
+        next_ok=passes and same_step(parsed.next_step, reference_next, steps),
         mistake_true=reference_warning is not None,
         mistake_predicted=parsed.ok and parsed.warning is not None,
         latency_s=latency_s,
         current_label=(match_step(reference_current, steps) if steps else None) or OTHER,
         current_predicted=predicted_label,
+        outside_task=outside,
         answer=parsed.raw,
+        frames=frames,
     )
 
 
 @dataclass
 class Totals:
+    """Guidance scores; the accuracies are None when there are no guidance clips."""
+
     clips: int = 0
-    parse_rate: float = 0.0
-    current_step_accuracy: float = 0.0
-    next_step_accuracy: float = 0.0
+    parse_rate: float | None = None
+    current_step_accuracy: float | None = None
+    next_step_accuracy: float | None = None
+    steps_outside_task: int = 0
     mistake_precision: float | None = None
     mistake_recall: float | None = None
     mistakes_in_reference: int = 0
-    latency_mean_s: float = 0.0
-    latency_p50_s: float = 0.0
-    latency_p95_s: float = 0.0
+    latency_mean_s: float | None = None
+    latency_p50_s: float | None = None
+    latency_p95_s: float | None = None
+    # bucket name -> {"clips", "current_step_accuracy", "next_step_accuracy"}
+    by_clip_length: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
+    next_step_accuracy_worst_bucket: float | None = None
+    next_step_worst_bucket: str | None = None  # the bucket's name
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def _share(flags: Sequence[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def by_clip_length(scores: Sequence[ClipScore]) -> dict[str, dict[str, float | int | None]]:
+    """Current- and next-step accuracy per :data:`CLIP_BUCKETS` bucket (None: no clips)."""
+    rows: dict[str, dict[str, float | int | None]] = {}
+    for name, _, _ in CLIP_BUCKETS:
+        members = [s for s in scores if clip_bucket(s.frames) == name]
+        rows[name] = {
+            "clips": len(members),
+            "current_step_accuracy": _share([s.current_ok for s in members]),
+            "next_step_accuracy": _share([s.next_ok for s in members]),
+        }
+    return rows
 
 
 def totals(scores: Sequence[ClipScore]) -> Totals:
@@ -98,16 +169,102 @@ def totals(scores: Sequence[ClipScore]) -> Totals:
     confusion: dict[str, Counter[str]] = {}
     for s in scores:
         confusion.setdefault(s.current_label, Counter())[s.current_predicted] += 1
+    buckets = by_clip_length(scores)
+    filled = [(name, row["next_step_accuracy"]) for name, row in buckets.items() if row["clips"]]
+    worst = min(filled, key=lambda item: float(item[1] or 0.0), default=(None, None))
     return Totals(
         clips=n,
         parse_rate=sum(s.parsed for s in scores) / n,
         current_step_accuracy=sum(s.current_ok for s in scores) / n,
         next_step_accuracy=sum(s.next_ok for s in scores) / n,
+        steps_outside_task=sum(s.outside_task for s in scores),
         mistake_precision=tp / predicted if predicted else None,
         mistake_recall=tp / actual if actual else None,
         mistakes_in_reference=actual,
         latency_mean_s=statistics.fmean(latencies),
         latency_p50_s=latencies[n // 2],
         latency_p95_s=latencies[min(n - 1, int(0.95 * n))],
+        by_clip_length=buckets,
+        next_step_accuracy_worst_bucket=None if worst[1] is None else float(worst[1]),
+        next_step_worst_bucket=worst[0],
         confusion={k: dict(v) for k, v in confusion.items()},
+    )
+
+
+# -- questions ------------------------------------------------------------------------
+
+
+def _normalise_text(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def fact_in(fact: str, answer: str) -> bool:
+    """Whether ``answer`` states ``fact``: case and spacing aside, the fact's final period
+    aside, as whole words at the fact's ends."""
+    key = _normalise_text(fact).rstrip(".").rstrip()
+    if not key:
+        return True
+    pattern = re.escape(key)
+    if key[0].isalnum():
+        pattern = r"(?<!\w)" + pattern
+    if key[-1].isalnum():
+        pattern += r"(?!\w)"
+    return re.search(pattern, _normalise_text(answer)) is not None
+
+
+@dataclass(frozen=True)
+class QuestionScore:
+    record_id: str
+    kind: str
+    question: str
+    facts: tuple[str, ...]
+    answer: str
+    ok: bool | None  # every fact stated; None: the record lists no facts (not scored)
+    missing: tuple[str, ...]  # the facts the answer does not state
+    latency_s: float
+
+
+def score_question(
+    record_id: str,
+    kind: str,
+    question: str,
+    facts: Sequence[str],
+    answer: str,
+    latency_s: float,
+) -> QuestionScore:
+    missing = tuple(f for f in facts if not fact_in(f, answer))
+    return QuestionScore(
+        record_id=record_id,
+        kind=kind,
+        question=question,
+        facts=tuple(facts),
+        answer=answer,
+        ok=(not missing) if facts else None,
+        missing=missing,
+        latency_s=latency_s,
+    )
+
+
+@dataclass
+class QuestionTotals:
+    """Question scores; accuracies are over the questions that list facts (None: none)."""
+
+    questions: int = 0
+    question_accuracy: float | None = None
+    questions_without_facts: int = 0
+    question_accuracy_by_kind: dict[str, float | None] = field(default_factory=dict)
+    questions_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+def question_totals(scores: Sequence[QuestionScore]) -> QuestionTotals:
+    kinds = sorted({s.kind for s in scores})
+    scored = [s for s in scores if s.ok is not None]
+    return QuestionTotals(
+        questions=len(scores),
+        question_accuracy=_share([bool(s.ok) for s in scored]),
+        questions_without_facts=len(scores) - len(scored),
+        question_accuracy_by_kind={
+            k: _share([bool(s.ok) for s in scored if s.kind == k]) for k in kinds
+        },
+        questions_by_kind={k: sum(s.kind == k for s in scores) for k in kinds},
     )

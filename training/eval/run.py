@@ -2,7 +2,9 @@
 
 The model is a local checkpoint folder or any OpenAI-compatible endpoint, so GPT-4o and a
 fine-tuned model are compared on the same clips with the same prompts (each record's own
-prompt, rebuilt by the shared prompt builder's parser).
+prompt, rebuilt by the shared prompt builder's parser). Guidance records (with an
+``annotation``) are scored as guidance; question records (with a ``question``) are asked
+as questions and scored by the facts their answer states, separately.
 """
 
 from __future__ import annotations
@@ -10,27 +12,38 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from lavia_live.contract.guidance import parse_guidance
-from lavia_live.contract.prompt import parse_llava_text
+from lavia_live.contract.prompt import PromptKind, parse_llava_text
 from lavia_live.contract.records import InstructionRecord, iter_records
 from lavia_live.contract.tasks import TaskLibrary
 from lavia_live.engines.base import Engine, EngineError, GenerationOptions, complete
 from lavia_live.errors import RecordError
-from training.eval.metrics import ClipScore, Totals, score, totals
+from training.eval.metrics import (
+    ClipScore,
+    QuestionScore,
+    QuestionTotals,
+    Totals,
+    question_totals,
+    score,
+    score_question,
+    totals,
+)
 
 
 @dataclass
 class EvalResult:
     model: str
     data: list[str]
-    scores: list[ClipScore]
+    scores: list[ClipScore]  # guidance records
     totals: Totals
     failures: list[str]
+    questions: list[QuestionScore] = field(default_factory=list)
+    question_totals: QuestionTotals = field(default_factory=QuestionTotals)
 
 
 def _steps(record: InstructionRecord, library: TaskLibrary) -> tuple[str, ...]:
@@ -47,28 +60,38 @@ async def evaluate(
     limit: int | None = None,
     concurrency: int = 1,
     max_tokens: int = 96,
+    question_max_tokens: int = 128,
     progress: bool | None = None,
 ) -> EvalResult:
+    """Ask ``engine`` every guidance and question record of ``data`` (the first ``limit``
+    of them) and score the answers; the engine is closed at the end."""
     records: list[tuple[InstructionRecord, Path]] = []
     for path in data:
         root = Path(path).resolve().parent
-        records += [(r, root) for r in iter_records(path) if r.annotation is not None]
+        records += [
+            (r, root)
+            for r in iter_records(path)
+            if r.annotation is not None or r.question is not None
+        ]
     if not records:
-        raise RecordError(f"no annotated records in {', '.join(map(str, data))}")
+        raise RecordError(f"no guidance or question records in {', '.join(map(str, data))}")
     records = records[:limit] if limit else records
     scores: dict[int, ClipScore] = {}
+    questions: dict[int, QuestionScore] = {}
     failures: list[str] = []
     gate = asyncio.Semaphore(concurrency)
     bar = tqdm(
         total=len(records),
         desc="eval",
-        unit="clip",
+        unit="record",
         disable=None if progress is None else not progress,
     )
-    options = GenerationOptions(max_tokens=max_tokens)
+    guidance_options = GenerationOptions(max_tokens=max_tokens)
+    question_options = GenerationOptions(max_tokens=question_max_tokens)
 
-    async def one(i: int, record: InstructionRecord, root: Path) -> None:
-        assert record.annotation is not None
+    async def ask(record: InstructionRecord, root: Path) -> tuple[str, float]:
+        kind: PromptKind = "guidance" if record.question is None else "question"
+        options = guidance_options if record.question is None else question_options
         async with gate:
             frames = await asyncio.to_thread(
                 lambda: [(root / p).read_bytes() for p in record.image]
@@ -76,17 +99,27 @@ async def evaluate(
             started = time.perf_counter()
             try:
                 answer = await complete(
-                    engine, parse_llava_text(record.prompt_text), frames, options
+                    engine, parse_llava_text(record.prompt_text, kind=kind), frames, options
                 )
             except EngineError as exc:
                 failures.append(f"{record.id}: {exc}")
                 answer = ""
-            latency = time.perf_counter() - started
-        ref = record.annotation
-        scores[i] = score(
-            record.id, parse_guidance(answer), ref.current_step, ref.next_step, ref.warning,
-            _steps(record, library), latency,
-        )  # fmt: skip
+            return answer, time.perf_counter() - started
+
+    async def one(i: int, record: InstructionRecord, root: Path) -> None:
+        answer, latency = await ask(record, root)
+        if record.question is not None:
+            q = record.question
+            questions[i] = score_question(
+                record.id, q.kind, q.question, q.facts, answer.strip(), latency
+            )
+        else:
+            ref = record.annotation
+            assert ref is not None
+            scores[i] = score(
+                record.id, parse_guidance(answer), ref.current_step, ref.next_step, ref.warning,
+                _steps(record, library), latency, frames=len(record.image),
+            )  # fmt: skip
         bar.update()
 
     try:
@@ -95,4 +128,13 @@ async def evaluate(
         bar.close()
         await engine.aclose()
     ordered = [scores[i] for i in sorted(scores)]
-    return EvalResult(engine.name, [str(p) for p in data], ordered, totals(ordered), failures)
+    asked = [questions[i] for i in sorted(questions)]
+    return EvalResult(
+        engine.name,
+        [str(p) for p in data],
+        ordered,
+        totals(ordered),
+        failures,
+        asked,
+        question_totals(asked),
+    )
