@@ -141,12 +141,57 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_live(args: argparse.Namespace, settings: PipelineSettings) -> int:
+    from lavia_live.engines.factory import frame_max_side, open_engine
+    from training.eval.live import evaluate_live
+    from training.eval.live_report import write_live_report
+
+    library = TaskLibrary.load(settings.tasks.folder)
+    engine = open_engine(
+        args.model,
+        api_model=args.api_model,
+        api_key_env=args.api_key_env,
+        device=args.device,
+        cpu_threads=settings.engine.cpu_threads,
+    )
+    result = asyncio.run(
+        evaluate_live(
+            engine,
+            args.live,
+            library=library,
+            settings=settings,
+            frame_max_side=frame_max_side(args.model),
+            realtime=args.realtime,
+            progress=args.progress,
+        )
+    )
+    write_live_report(result, Path(args.out), dict(library))
+    t = result.totals
+
+    def num(value: float | None, unit: str = "") -> str:
+        return "n/a" if value is None else f"{value:.2f}{unit}"
+
+    print(
+        f"{t.videos} video{'' if t.videos == 1 else 's'} ({t.duration_s / 60:.1f} min): "
+        f"{t.announced}/{t.spans} steps "
+        f"announced, latency median {num(t.latency_median_s, ' s')} / p90 "
+        f"{num(t.latency_p90_s, ' s')}, {num(t.announcements_per_step)} announcements per "
+        f"step, {t.flaps} flaps, mistakes warned on time {t.mistakes_warned_on_time}/"
+        f"{t.mistakes}, {t.false_warnings} false warnings; report: {Path(args.out) / 'live.md'}"
+    )
+    for failure in result.failures:
+        print(f"  {failure}", file=sys.stderr)
+    return 1 if result.failures else 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from lavia_live.engines.factory import open_engine
     from training.eval.report import write_report
     from training.eval.run import evaluate
 
     settings = _settings(args)
+    if args.live:
+        return _cmd_eval_live(args, settings)
     engine = open_engine(
         args.model, api_model=args.api_model, api_key_env=args.api_key_env, device=args.device
     )
@@ -181,20 +226,37 @@ def register_eval(sub: Any) -> None:
     """Add ``lavia eval`` to the ``lavia`` command."""
     p = sub.add_parser(
         "eval",
-        help="score a model on held-out records (accuracy, mistakes, parse rate, latency)",
+        help="score a model on held-out records (accuracy, mistakes, questions, latency) "
+        "or on demo videos through the live loop (--live)",
         description="MODEL is a local checkpoint folder, an OpenAI-compatible endpoint URL "
         "(e.g. http://127.0.0.1:30000/v1 for SGLang; give --api-model), or openai:MODEL "
         "(e.g. openai:gpt-4o), so models are compared on the same clips and prompts; "
-        "'embedded' is the embedded demo model.",
+        "'embedded' is the embedded demo model. --data scores guidance records (current- and "
+        "next-step accuracy, also by clip length; answers naming a step outside the task "
+        "fail) and question records (every fact stated) in eval.json and report.md. --live "
+        "runs demo videos (demo_*.mp4 with demo_*.truth.json beside them) through the live "
+        "loop, as lavia watch --fast does, and scores what the assistant announced and when "
+        "(live.json, live.md, a timeline plot per video).",
     )
     p.add_argument("--model", required=True, metavar="PATH_OR_ENDPOINT")
-    p.add_argument("--data", required=True, nargs="+", metavar="RECORDS", help="records.jsonl")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", nargs="+", metavar="RECORDS", help="records.jsonl")
+    source.add_argument(
+        "--live", nargs="+", metavar="VIDEOS", help="demo videos or folders of them"
+    )
     p.add_argument("--out", default="runs/eval", help="report folder (default runs/eval)")
     p.add_argument("--api-model", help="model name at an endpoint URL")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="'' for a keyless server")
     p.add_argument("--device", default="cpu", help="local model device (cpu, cuda, cuda:1)")
-    p.add_argument("--limit", type=int, help="only the first N clips")
-    p.add_argument("--concurrency", type=int, default=1, help="requests in flight (endpoints)")
+    p.add_argument("--limit", type=int, help="only the first N records (--data)")
+    p.add_argument(
+        "--concurrency", type=int, default=1, help="requests in flight (--data, endpoints)"
+    )
+    p.add_argument(
+        "--realtime", action="store_true",
+        help="--live at the videos' own pace (clips dropped while the model is busy, as live) "
+        "instead of answering every clip",
+    )  # fmt: skip
     _progress_options(p)
     add_config_options(p)
     p.set_defaults(func=_cmd_eval, settings_model=PipelineSettings)
