@@ -140,6 +140,16 @@ def build_guidance_prompt(task: TaskContext, n_frames: int, history: Sequence[st
     return _assemble(task, n_frames, "\n".join(request), "guidance")
 
 
+HISTORY_LINES = 3
+"""Earlier guidance lines a question prompt carries (the live tracker's latest)."""
+
+
+def history_line(current_step: str, next_step: str, warning: str | None = None) -> str:
+    """One line of earlier guidance, as question prompts carry it."""
+    line = f"now: {current_step}; next: {next_step}"
+    return line + (f"; warning: {warning}" if warning else "")
+
+
 def build_question_prompt(
     task: TaskContext, n_frames: int, question: str, history: Sequence[str] = ()
 ) -> Prompt:

@@ -39,6 +39,20 @@ class Annotation(BaseModel):
     warning: str | None = None
 
 
+class QuestionInfo(BaseModel):
+    """What a question record asks and the facts a correct answer states.
+
+    ``facts`` are short texts (a step's text, a count such as ``"3"``, a tool name) that
+    must all appear in the answer, case and spacing aside; ``kind`` groups the scores.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+    facts: list[str] = Field(default_factory=list)
+
+
 class InstructionRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -53,7 +67,8 @@ class InstructionRecord(BaseModel):
     clip_end: float | None = None
     frame_timestamps: list[float] | None = None
     transcript_span: str | None = None
-    annotation: Annotation | None = None
+    annotation: Annotation | None = None  # guidance records
+    question: QuestionInfo | None = None  # question records (the human turn asks it)
     annotator: str | None = None
     prompt_version: str | None = None
 
@@ -62,6 +77,8 @@ class InstructionRecord(BaseModel):
         tags = sum(t.value.count(IMAGE_TAG) for t in self.conversations if t.speaker == "human")
         if tags != len(self.image):
             raise ValueError(f"{len(self.image)} frames but {tags} {IMAGE_TAG} tags")
+        if self.annotation is not None and self.question is not None:
+            raise ValueError("a record is a guidance record or a question record, not both")
         if self.frame_timestamps is not None:
             if len(self.frame_timestamps) != len(self.image):
                 raise ValueError("frame_timestamps and image differ in length")

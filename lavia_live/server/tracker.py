@@ -6,8 +6,9 @@ match_step`), and announces a new current/next step only when ``confirm`` answer
 agree on it (a step the model reports once amid steady others is not announced; the first
 answer of a session is announced at once, since there is nothing steady yet). It keeps
 which steps are done, and warns from the sequence itself: a step skipped (the current step
-jumps forward over steps never seen) or steps out of order (it goes back to a step already
-done). A warning the model gives is announced like a step change, after ``confirm`` answers.
+jumps forward over steps never seen), a step undone (it goes back to a step already done)
+or steps out of order (it goes back to an earlier step not done yet). A warning the model
+gives is announced like a step change, after ``confirm`` answers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lavia_live.contract.guidance import TASK_COMPLETE, ParsedGuidance
+from lavia_live.contract.prompt import HISTORY_LINES, history_line
 from lavia_live.contract.tasks import COMPLETE, TaskContext, match_step
 
 
@@ -70,7 +72,7 @@ class StepTracker:
     def done(self) -> tuple[int, ...]:
         return tuple(sorted(self._done))
 
-    def history(self, last: int = 5) -> Sequence[str]:
+    def history(self, last: int = HISTORY_LINES) -> Sequence[str]:
         """The latest announcements as short lines, oldest first (for the question prompt)."""
         return tuple(self._history[-last:])
 
@@ -142,8 +144,7 @@ class StepTracker:
         if same:
             return None
         self._history.append(
-            f"now: {announcement.current_step}; next: {announcement.next_step}"
-            + (f"; warning: {warning}" if warning else "")
+            history_line(announcement.current_step, announcement.next_step, warning)
         )
         return announcement
 
@@ -160,9 +161,15 @@ class StepTracker:
             if skipped:
                 names = "; ".join(f"step {i + 1} ({steps[i].rstrip('.')})" for i in skipped)
                 return f"Skipped {names}."
-        if current < before and current in self._done:
+        if current < before:
             step = steps[current].rstrip(".")
-            return f"Back at step {current + 1} ({step}), which was already done."
+            if current in self._done:
+                return f"Back at step {current + 1} ({step}), which was already done."
+            later = steps[before].rstrip(".")
+            return (
+                f"Out of order: step {current + 1} ({step}) comes before "
+                f"step {before + 1} ({later})."
+            )
         return None
 
 

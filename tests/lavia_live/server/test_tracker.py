@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lavia_live.contract.guidance import TASK_COMPLETE, Guidance, parse_guidance
+from lavia_live.contract.prompt import history_line
 from lavia_live.contract.tasks import TaskContext
 from lavia_live.server.tracker import Announcement, StepTracker
 
@@ -98,3 +99,29 @@ def test_reset_forgets_progress_and_history() -> None:
     assert tracker.announced is None and tracker.done == () and not tracker.history()
     with pytest.raises(ValueError):
         StepTracker(TASK, confirm=0)
+
+
+def test_an_earlier_step_not_done_yet_is_warned_as_out_of_order() -> None:
+    """The person started at step 3 (say, loosening the plug with no pan under it), then
+    went back to step 1: the sequence itself says the steps were out of order."""
+    tracker = StepTracker(TASK, confirm=1)
+    (first,) = feed(tracker, 2)
+    assert first is not None and first.warning is None  # a session may start mid-task
+    (back,) = feed(tracker, 0)
+    assert back is not None and back.warning is not None
+    assert (
+        back.warning == "Out of order: step 1 (Open the lid) comes before step 3 (Close the lid)."
+    )
+    assert back.done == ()
+    (on,) = feed(tracker, 1)
+    assert on is not None and on.warning is None
+
+
+def test_history_lines_are_the_contract_format_and_bounded() -> None:
+    tracker = StepTracker(TASK, confirm=1)
+    feed(tracker, 0, 1, 2, 3)
+    assert tracker.history() == (
+        history_line("Pour the water.", "Close the lid."),
+        history_line("Close the lid.", "Press start."),
+        history_line("Press start.", TASK_COMPLETE),
+    )
