@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lavia_live.config import Settings
 from lavia_live.speech.asr import EMBEDDED_MODEL
@@ -61,6 +61,21 @@ class AnnotateSettings(_Section):
     image_detail: Literal["low", "high", "auto"] | None = "low"
     input_usd_per_mtok: float = Field(2.50, ge=0)
     output_usd_per_mtok: float = Field(10.00, ge=0)
+    questions_per_clip: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="oracle only: question records per clip, answered from the ground truth",
+    )
+
+    @model_validator(mode="after")
+    def _questions_need_truth(self) -> AnnotateSettings:
+        if self.questions_per_clip > 0 and self.annotator != "oracle":
+            raise ValueError(
+                "questions_per_clip needs the oracle annotator (answers come from the demo "
+                "videos' ground truth)"
+            )
+        return self
 
 
 class DataSettings(_Section):

@@ -22,8 +22,12 @@ from typing import Any
 from tqdm import tqdm
 
 from lavia_live.contract.guidance import Guidance
-from lavia_live.contract.prompt import PROMPT_VERSION, build_guidance_prompt
-from lavia_live.contract.records import Annotation, InstructionRecord, write_jsonl
+from lavia_live.contract.prompt import (
+    PROMPT_VERSION,
+    build_guidance_prompt,
+    build_question_prompt,
+)
+from lavia_live.contract.records import Annotation, InstructionRecord, QuestionInfo, write_jsonl
 from lavia_live.contract.tasks import TaskContext, TaskLibrary
 from lavia_live.errors import LaviaError
 from lavia_live.speech.asr import Transcript
@@ -121,7 +125,8 @@ class _Build:
         self.use_ray = use_ray
         self.library = TaskLibrary.load(settings.tasks.folder)
         self.report = BuildReport(out=out, annotator=annotator.name)
-        self.records: dict[tuple[int, int], InstructionRecord] = {}
+        # (video, clip, 0) the clip's guidance record; (video, clip, n > 0) its questions
+        self.records: dict[tuple[int, int, int], InstructionRecord] = {}
         self.limit = asyncio.Semaphore(settings.data.annotate.max_concurrency)
         self.progress = progress
         a = settings.data.annotate
@@ -271,21 +276,43 @@ class _Build:
         annotator = self.annotator.name.split(":")[0]
         model = str(cached.get("model") or "")
         start, end = float(clip["start_s"]), float(clip["end_s"])
-        self.records[(i, int(clip["index"]))] = InstructionRecord.from_prompt(
-            f"{item.path.stem}-{outcome.digest[:8]}-{int(clip['index']):04d}",
+        record_id = f"{item.path.stem}-{outcome.digest[:8]}-{int(clip['index']):04d}"
+        meta: dict[str, Any] = {
+            "task_id": task.id,
+            "source_video": str(item.path),
+            "clip_index": int(clip["index"]),
+            "clip_start": start,
+            "clip_end": end,
+            "frame_timestamps": list(clip["timestamps"]),
+            "transcript_span": transcript.span(start, end) if transcript else None,
+            "annotator": annotator if model in ("", annotator) else f"{annotator}:{model}",
+        }
+        self.records[(i, int(clip["index"]), 0)] = InstructionRecord.from_prompt(
+            record_id,
             list(clip["frames"]),
             prompt,
             guidance.to_text(),
-            task_id=task.id,
-            source_video=str(item.path),
-            clip_index=int(clip["index"]),
-            clip_start=start,
-            clip_end=end,
-            frame_timestamps=list(clip["timestamps"]),
-            transcript_span=transcript.span(start, end) if transcript else None,
             annotation=Annotation(**guidance.to_json()),
-            annotator=annotator if model in ("", annotator) else f"{annotator}:{model}",
+            **meta,
         )
+        per_clip = self.settings.data.annotate.questions_per_clip
+        if per_clip > 0 and isinstance(self.annotator, OracleAnnotator):
+            request = AnnotationRequest(key, task, prompt, (), item.path, tuple(clip["timestamps"]))
+            try:
+                asked = self.annotator.questions(request, per_clip)
+            except AnnotationError as exc:
+                self._fail(where, "questions", str(exc))
+                asked = []
+            for n, a in enumerate(asked, start=1):
+                q = a.question
+                self.records[(i, int(clip["index"]), n)] = InstructionRecord.from_prompt(
+                    f"{record_id}-q{n}",
+                    list(clip["frames"]),
+                    build_question_prompt(task, len(clip["frames"]), q.question, a.history),
+                    q.answer,
+                    question=QuestionInfo(kind=q.kind, question=q.question, facts=list(q.facts)),
+                    **meta,
+                )
         bar.update()
 
     def _fail(self, where: str, stage: str, reason: str) -> None:

@@ -1,7 +1,9 @@
 """The procedural demo task: timeline, ground truth, frames and the narrated mp4.
 
 A demo video shows the seven steps of ``data/tasks/demo_oil_change.yaml`` in order, each
-for a random duration, sometimes with one mistake (a skipped or a repeated step). Everything
+for a random duration; a share of the videos (``DemoSpec.mistake_rate``) has one mistake:
+a skipped step (no oil pan), steps out of order (the drain plug loosened first) or a wrong
+action (new oil poured with the drain plug out). Everything
 comes from the seed: the same seed gives the same timeline, the same pixels and the same
 narration. :func:`plan_demo` makes the timeline only; :func:`render_frame` draws any frame
 of it (random access, see :mod:`training.demo.scene`); :func:`render_demo_video` writes the
@@ -25,6 +27,9 @@ import numpy.typing as npt
 
 from lavia_live.atomic import atomic_open, atomic_write_json
 from training.demo.scene import (
+    CAP_OFF,
+    CHECK_LEVEL,
+    DRAIN,
     LOOSEN_PLUG,
     N_STEPS,
     PAN_IN,
@@ -52,15 +57,62 @@ AUDIO_RATE = 48_000
 """Sample rate of the AAC narration track."""
 
 _STREAM_MISTAKE, _STREAM_DURATIONS, _STREAM_NARRATION = 101, 102, 103
-_SKIPPABLE = (PAN_IN, REFIT_PLUG)  # skipping these leaves a visible, meaningful state
-_SKIP_WEIGHTS = (0.3, 0.7)
-_REPEATABLE = (LOOSEN_PLUG, REFIT_PLUG, POUR)  # their animation can restart cleanly
 _LINE_GAP_S = 0.25
 _X264_OPTIONS = {"preset": "veryfast", "crf": "20"}
-_SKIP_TEXT = {
-    PAN_IN: "The oil pan was not put under the engine, so the old oil drains onto the floor.",
-    REFIT_PLUG: "New oil is poured while the drain plug is still out; refit and tighten the "
-    "drain plug first.",
+MISTAKE_KINDS = ("skipped_step", "out_of_order", "wrong_action")
+"""What goes wrong in a demo video with a mistake, chosen with equal odds."""
+
+
+@dataclass(frozen=True)
+class _MistakePlan:
+    """How one kind of mistake changes the step order, and while which steps it shows."""
+
+    kind: str
+    step: int  # the step the mistake is about
+    order: tuple[int, ...]
+    window: tuple[int, int]  # first and last step (inclusive, by order) whose spans warn
+    text: str
+
+
+_MISTAKES: dict[str, tuple[_MistakePlan, ...]] = {
+    # No pan: the old oil will drain onto the floor (visible until draining ends).
+    "skipped_step": (
+        _MistakePlan(
+            "skipped_step",
+            PAN_IN,
+            (CAP_OFF, LOOSEN_PLUG, DRAIN, REFIT_PLUG, POUR, CHECK_LEVEL),
+            (CAP_OFF, DRAIN),
+            "The oil pan is not under the engine; slide it under before draining the oil.",
+        ),
+    ),
+    # The plug is loosened first: with no pan under it, or with the filler cap still on.
+    "out_of_order": (
+        _MistakePlan(
+            "out_of_order",
+            LOOSEN_PLUG,
+            (LOOSEN_PLUG, PAN_IN, CAP_OFF, DRAIN, REFIT_PLUG, POUR, CHECK_LEVEL),
+            (LOOSEN_PLUG, LOOSEN_PLUG),
+            "The drain plug is being loosened before the oil pan is under the engine.",
+        ),
+        _MistakePlan(
+            "out_of_order",
+            LOOSEN_PLUG,
+            (PAN_IN, LOOSEN_PLUG, CAP_OFF, DRAIN, REFIT_PLUG, POUR, CHECK_LEVEL),
+            (LOOSEN_PLUG, LOOSEN_PLUG),
+            "The drain plug is being loosened before the filler cap is off; unscrew the cap first.",
+        ),
+    ),
+    # Refitting the plug is skipped: new oil poured with the drain plug out.
+    "wrong_action": (
+        _MistakePlan(
+            "wrong_action",
+            POUR,
+            (PAN_IN, CAP_OFF, LOOSEN_PLUG, DRAIN, POUR, CHECK_LEVEL),
+            (POUR, POUR),
+            "New oil is poured while the drain plug is still out; refit and tighten the "
+            "drain plug first.",
+        ),
+    ),
 }
 _CONNECTIVES = ("Next, ", "Now ", "Then ", "Now, ")
 
@@ -128,8 +180,9 @@ class DemoTruth:
     fps: int
     n_frames: int
     spans: tuple[StepSpan, ...]  # in time order; a repeated step appears twice
-    # {"kind": "skipped_step" | "repeated_step", "step": i, "frame": f, "text": ...}; the
-    # frame is where the skipped step should have started, or where the repeat starts.
+    # {"kind": one of MISTAKE_KINDS, "step": i, "frame": f, "end_frame": e, "text": ...}:
+    # the mistake shows (and the guidance warns) on frames f <= frame < e. Files written
+    # before end_frame existed warn for the span holding ``frame``.
     mistakes: tuple[dict[str, object], ...]
     narration: tuple[dict[str, object], ...]  # {"start": s, "end": s, "text": ...}, seconds
 
@@ -147,6 +200,47 @@ class DemoTruth:
     def step_at(self, frame: int) -> int:
         """The step index in progress at ``frame``."""
         return self.spans[self.span_index_at(frame)].step
+
+    def steps_to_do(self, frame: int) -> tuple[int, tuple[int, ...]]:
+        """The step in progress at ``frame`` and the steps still to do, in the order a
+        person should now do them: while a mistake shows, the steps it left undone before
+        the current one come first (slide the pan under, refit the plug); the later steps
+        follow in task order."""
+        index = self.span_index_at(frame)
+        current = self.spans[index].step
+        done = {span.step for span in self.spans[:index]}
+        todo = [s for s in range(N_STEPS) if s not in done and s != current]
+        earlier = [s for s in todo if s < current]
+        later = [s for s in todo if s > current]
+        if self.mistake_at(frame) is not None:
+            return current, (*earlier, *later)
+        return current, (*later, *earlier)
+
+    def skipped_before(self, frame: int) -> tuple[int, ...]:
+        """Steps before the one in progress at ``frame`` that were never done."""
+        index = self.span_index_at(frame)
+        current = self.spans[index].step
+        done = {span.step for span in self.spans[: index + 1]}
+        return tuple(s for s in range(current) if s not in done)
+
+    def mistake_windows(self) -> list[tuple[int, int, str]]:
+        """(first frame, end frame exclusive, text) of each recorded mistake."""
+        windows = []
+        for mistake in self.mistakes:
+            start = int(str(mistake.get("frame", -1)))
+            if not 0 <= start < self.n_frames:
+                continue
+            end = mistake.get("end_frame")
+            stop = self.spans[self.span_index_at(start)].end_frame if end is None else int(str(end))
+            windows.append((start, stop, str(mistake.get("text") or "a mistake")))
+        return windows
+
+    def mistake_at(self, frame: int) -> str | None:
+        """The text of the mistake showing at ``frame``, or None."""
+        for start, end, text in self.mistake_windows():
+            if start <= frame < end:
+                return text
+        return None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -207,15 +301,12 @@ def _timeline(
 ) -> tuple[tuple[StepSpan, ...], tuple[dict[str, object], ...], list[tuple[float, str]]]:
     """Spans, mistakes and narration cues (earliest start in seconds, text)."""
     rng = _rng(seed, _STREAM_MISTAKE)
-    order = list(range(N_STEPS))
-    skipped = repeated = -1
+    order: tuple[int, ...] = tuple(range(N_STEPS))
+    plan: _MistakePlan | None = None
     if rng.random() < spec.mistake_rate:
-        if rng.random() < 0.6:
-            skipped = int(rng.choice(_SKIPPABLE, p=_SKIP_WEIGHTS))
-            order.remove(skipped)
-        else:
-            repeated = int(rng.choice(_REPEATABLE))
-            order.insert(order.index(repeated), repeated)
+        variants = _MISTAKES[MISTAKE_KINDS[int(rng.integers(len(MISTAKE_KINDS)))]]
+        plan = variants[int(rng.integers(len(variants)))]
+        order = plan.order
     seconds = _rng(seed, _STREAM_DURATIONS).uniform(spec.min_step_s, spec.max_step_s, len(order))
     spans, start = [], 0
     for step, s in zip(order, seconds, strict=True):
@@ -223,23 +314,23 @@ def _timeline(
         spans.append(StepSpan(step, start, end))
         start = end
     mistakes: list[dict[str, object]] = []
-    if skipped >= 0:
-        frame = next(s.start_frame for s in spans if s.step > skipped)
-        text = _SKIP_TEXT[skipped]
-        mistakes.append({"kind": "skipped_step", "step": skipped, "frame": frame, "text": text})
-    if repeated >= 0:
-        frame = [s.start_frame for s in spans if s.step == repeated][1]
-        text = f"Step {repeated + 1} is done a second time: {_lower_first(task.steps[repeated])}"
-        mistakes.append({"kind": "repeated_step", "step": repeated, "frame": frame, "text": text})
+    if plan is not None:
+        first, last = (next(s for s in spans if s.step == step) for step in plan.window)
+        mistakes.append(
+            {
+                "kind": plan.kind,
+                "step": plan.step,
+                "frame": first.start_frame,
+                "end_frame": last.end_frame,
+                "text": plan.text,
+            }
+        )
     rng = _rng(seed, _STREAM_NARRATION)
-    cues, seen = [], set()
+    cues = []
     for i, span in enumerate(spans):
         connective = str(rng.choice(_CONNECTIVES))
         if i == 0:
             connective = "First, "
-        elif span.step in seen:
-            connective = "Once more, "
-        seen.add(span.step)
         offset = float(rng.uniform(0.2, 0.7))
         text = connective + _lower_first(task.steps[span.step])
         cues.append((span.start_frame / spec.fps + offset, text))

@@ -22,7 +22,19 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw
 
-__all__ = ["N_STEPS", "SceneConfig", "SceneState", "draw_scene"]
+__all__ = [
+    "CAP_OFF",
+    "CHECK_LEVEL",
+    "DRAIN",
+    "LOOSEN_PLUG",
+    "N_STEPS",
+    "PAN_IN",
+    "POUR",
+    "REFIT_PLUG",
+    "SceneConfig",
+    "SceneState",
+    "draw_scene",
+]
 
 PAN_IN, CAP_OFF, LOOSEN_PLUG, DRAIN, REFIT_PLUG, POUR, CHECK_LEVEL = range(7)
 N_STEPS = 7

@@ -17,7 +17,7 @@ import av
 import numpy as np
 import pytest
 
-from lavia_live.contract.records import read_records
+from lavia_live.contract.records import InstructionRecord, read_records
 from lavia_live.contract.tasks import TaskLibrary
 from tests.openai_server import OpenAIServer, hold, ok
 from training.config import PipelineSettings
@@ -331,3 +331,49 @@ def test_overlapping_clips_end_every_hop_and_share_frames(demo_dir: Path, tmp_pa
     assert 0 <= len(samples) - len(used) < 3  # shared, not copied; the tail is within a hop
     truth = load_truth(demo_dir / "demo_00008.mp4")
     assert ends[-1] >= truth.duration_s - 4  # the tail is covered too
+
+
+def test_question_records_from_the_ground_truth(demo_dir: Path, tmp_path: Path) -> None:
+    """Every clip a live session sees (one ending each second, 4 frames and up) gets its
+    guidance record, and about half of them a question record: the contract's question
+    prompt in the LLaVA format, answered from the truth, the facts in the answer."""
+    from lavia_live.contract.prompt import build_question_prompt, parse_llava_text
+
+    out = tmp_path / "ds"
+    s = settings(
+        annotate={"annotator": "oracle", "questions_per_clip": 0.5},
+        extract={"clip_hop": 1, "min_frames": 4},
+    )
+    report = run(build_dataset([demo_dir / "demo_00007.mp4"], out, s, progress=False))
+    assert not report.failures, report.failures
+    records = read_records(out / "records.jsonl")
+    guidance = [r for r in records if r.annotation is not None]
+    questions = [r for r in records if r.question is not None]
+    assert len(guidance) + len(questions) == len(records) == report.records
+    assert {len(r.image) for r in guidance} >= set(range(4, 16))
+    assert 0.3 * len(guidance) < len(questions) < 0.7 * len(guidance)
+    assert len({q.question.kind for q in questions}) >= 5  # type: ignore[union-attr]
+    by_id = {r.id: r for r in guidance}
+    for record in questions:
+        info = record.question
+        assert info is not None and record.id.rsplit("-q", 1)[0] in by_id
+        assert all(f.lower() in record.answer_text.lower() for f in info.facts)
+        prompt = parse_llava_text(record.prompt_text, kind="question")
+        assert prompt.n_images == len(record.image)
+        text = record.prompt_text
+        history = ()
+        if "Earlier guidance: " in text:
+            history = tuple(text.split("Earlier guidance: ")[1].split("\n")[0].split(" | "))
+        rebuilt = build_question_prompt(DEMO, len(record.image), info.question, history)
+        assert rebuilt.llava_text() == text
+        assert InstructionRecord.model_validate(record.to_llava() | {"question": info})
+    again = tmp_path / "again"
+    run(build_dataset([demo_dir / "demo_00007.mp4"], again, s, progress=False))
+    assert (again / "records.jsonl").read_text() == (out / "records.jsonl").read_text().replace(
+        str(out), str(again)
+    )
+
+
+def test_questions_need_the_oracle() -> None:
+    with pytest.raises(ValueError, match="oracle"):
+        settings(annotate={"annotator": "openai", "questions_per_clip": 1.0})

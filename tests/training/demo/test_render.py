@@ -92,23 +92,49 @@ def test_timeline_covers_every_frame_once(task: TaskContext, seed: int, rate: fl
 def test_mistakes_are_recorded_and_shape_the_spans(task: TaskContext) -> None:
     spec = dataclasses.replace(FAST, mistake_rate=1.0)
     kinds = set()
-    for seed in range(24):
+    pan, cap, plug, refit, pour = 0, 1, 2, 4, 5
+    for seed in range(30):
         truth = plan_demo(task, seed, spec)
         (mistake,) = truth.mistakes
-        step, frame, kind = mistake["step"], mistake["frame"], mistake["kind"]
-        assert isinstance(step, int) and isinstance(frame, int) and mistake["text"]
+        step, frame, end, kind = (mistake[k] for k in ("step", "frame", "end_frame", "kind"))
+        assert isinstance(step, int) and isinstance(frame, int) and isinstance(end, int)
+        assert 0 <= frame < end <= truth.n_frames and mistake["text"]
         steps = [span.step for span in truth.spans]
         kinds.add(kind)
-        if kind == "skipped_step":
-            assert steps == [s for s in range(len(task.steps)) if s != step]
-            assert truth.step_at(frame) == step + 1
-            assert frame == 0 or truth.step_at(frame - 1) < step
-        else:
-            assert kind == "repeated_step"
-            i = steps.index(step)
-            assert steps[: i + 1] + steps[i + 2 :] == list(range(len(task.steps)))
-            assert steps[i + 1] == step and truth.spans[i + 1].start_frame == frame
-    assert kinds == {"skipped_step", "repeated_step"}
+        showing = [truth.step_at(f) for f in range(frame, end)]
+        assert truth.mistake_at(frame) == mistake["text"] == truth.mistake_at(end - 1)
+        assert truth.mistake_at(end) is None if end < truth.n_frames else True
+        if kind == "skipped_step":  # no pan: warned until the oil has drained
+            assert step == pan and pan not in steps and sorted(steps) == [1, 2, 3, 4, 5, 6]
+            assert set(showing) == {cap, plug, 3}
+        elif kind == "out_of_order":  # the plug loosened before the pan or the cap
+            assert step == plug and sorted(steps) == list(range(7)) and steps != sorted(steps)
+            assert set(showing) == {plug}
+            assert steps.index(plug) < steps.index(pan) or steps.index(plug) < steps.index(cap)
+        else:  # new oil poured with the plug out
+            assert kind == "wrong_action" and step == pour
+            assert refit not in steps and set(showing) == {pour}
+    assert kinds == {"skipped_step", "out_of_order", "wrong_action"}
+
+
+def test_next_step_after_a_mistake_is_the_step_it_left_undone(task: TaskContext) -> None:
+    spec = dataclasses.replace(FAST, mistake_rate=1.0)
+    seen = set()
+    for seed in range(30):
+        truth = plan_demo(task, seed, spec)
+        (mistake,) = truth.mistakes
+        frame, end = int(str(mistake["frame"])), int(str(mistake["end_frame"]))
+        _, todo = truth.steps_to_do(frame)
+        expected = {"skipped_step": 0, "wrong_action": 4}.get(str(mistake["kind"]))
+        if expected is None:  # out of order: the pan or the cap, whichever is still to do
+            expected = 0 if truth.spans[0].step == 2 else 1
+        assert todo[0] == expected
+        seen.add(str(mistake["kind"]))
+        if end < truth.n_frames:  # once it no longer shows, the task goes on in order
+            current, todo = truth.steps_to_do(end)
+            if any(s > current for s in todo):
+                assert todo[0] > current
+    assert len(seen) == 3
 
 
 def test_step_at_rejects_frames_outside_the_video(task: TaskContext) -> None:

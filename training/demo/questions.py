@@ -1,0 +1,206 @@
+"""Questions a person asks mid-task, with answers from a demo video's ground truth.
+
+The demo dataset carries question turns beside the guidance: for a clip ending at time t,
+:func:`demo_questions` picks questions in varied wordings (what to do now or next, which
+step this is, how many steps are left, whether anything was missed or done wrong, what a
+step needs) and answers each from the truth at t, naming the facts a correct answer must
+state (the step's text, the count, the tool) so ``lavia eval`` can score answers. A share
+of the questions are ones the demo cannot answer (the weather, another task); they get an
+honest short answer, :data:`OUT_OF_SCOPE_ANSWER`.
+
+Answers use a small fixed phrasing per kind, so a tiny model can learn them; the wording
+of the questions varies (templates, casing, punctuation) so it learns the intent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lavia_live.contract.guidance import TASK_COMPLETE
+from lavia_live.contract.tasks import TaskContext
+from training.demo.render import DemoTruth
+
+__all__ = ["OUT_OF_SCOPE_ANSWER", "QUESTION_KINDS", "DemoQuestion", "demo_questions"]
+
+OUT_OF_SCOPE_ANSWER = "I can only help with the demo task's steps."
+
+# What each of the seven demo steps needs (the scene draws these objects).
+_TOOLS = (
+    "the oil pan",
+    None,  # by hand
+    "the ratchet",
+    "the oil pan",
+    "the ratchet",
+    "the bottle of new oil",
+    "the dipstick",
+)
+
+_WORDINGS: dict[str, tuple[str, ...]] = {
+    "current": (
+        "What am I doing right now?",
+        "Which step is this?",
+        "What step am I on?",
+        "Where am I in the task?",
+        "What is this step?",
+        "Which step am I doing?",
+    ),
+    "next": (
+        "What do I do next?",
+        "What's the next step?",
+        "What comes after this?",
+        "What should I do after this step?",
+        "And then?",
+        "What now, once this is done?",
+    ),
+    "steps_left": (
+        "How many steps are left?",
+        "How many steps to go?",
+        "How much is left to do?",
+        "How many more steps after this one?",
+        "Am I nearly done?",
+    ),
+    "mistakes": (
+        "Did I miss anything?",
+        "Have I done anything wrong?",
+        "Any mistakes so far?",
+        "Is everything going okay?",
+        "Did I skip a step?",
+        "Am I doing this right?",
+    ),
+    "tool": (
+        "What do I need for this step?",
+        "Which tool do I use now?",
+        "What should I be holding for this?",
+        "Do I need a tool for this?",
+        "What tool is this step?",
+    ),
+    "out_of_scope": (
+        "What's the weather like today?",
+        "Can you order more oil for me?",
+        "How do I bake bread?",
+        "Tell me a joke.",
+        "Who won the game last night?",
+        "How do I change a car tyre?",
+        "What time is it?",
+        "Can you play some music?",
+    ),
+}
+QUESTION_KINDS = tuple(_WORDINGS)
+
+
+@dataclass(frozen=True)
+class DemoQuestion:
+    kind: str
+    question: str
+    answer: str
+    facts: tuple[str, ...]  # what a correct answer must state
+
+
+@dataclass(frozen=True)
+class _Now:
+    """The ground truth at one moment, in the terms answers use."""
+
+    task: TaskContext
+    current: int
+    pending: tuple[int, ...]  # steps still to do besides the current one, in order
+    skipped: tuple[int, ...]  # steps before the current one never done
+    mistake: str | None
+
+    def step(self, i: int) -> str:
+        return self.task.steps[i]
+
+
+def _now(truth: DemoTruth, task: TaskContext, frame: int) -> _Now:
+    current, pending = truth.steps_to_do(frame)
+    return _Now(task, current, pending, truth.skipped_before(frame), truth.mistake_at(frame))
+
+
+def _current(now: _Now) -> tuple[str, tuple[str, ...]]:
+    n, total = now.current + 1, len(now.task.steps)
+    return f"This is step {n} of {total}: {now.step(now.current)}", (
+        f"step {n}",
+        now.step(now.current),
+    )
+
+
+def _next(now: _Now) -> tuple[str, tuple[str, ...]]:
+    if not now.pending:
+        return f"This is the last step. After it, {TASK_COMPLETE[0].lower()}{TASK_COMPLETE[1:]}", (
+            "the task is complete",
+        )
+    step = now.step(now.pending[0])
+    return f"Next: {step}", (step,)
+
+
+def _steps_left(now: _Now) -> tuple[str, tuple[str, ...]]:
+    left = len(now.pending)
+    if left == 0:
+        return "None after this one: this is the last step.", ("last step",)
+    noun = "step is" if left == 1 else "steps are"
+    return f"{left} {noun} left after this one.", (f"{left} step",)
+
+
+def _mistakes(now: _Now) -> tuple[str, tuple[str, ...]]:
+    if now.mistake is not None:
+        return f"Yes: {now.mistake}", (now.mistake,)
+    if now.skipped:
+        i = now.skipped[0]
+        return f"Yes: step {i + 1} was skipped: {now.step(i)}", (f"step {i + 1}", now.step(i))
+    return "No, nothing was missed so far.", ("nothing was missed",)
+
+
+def _tool(now: _Now) -> tuple[str, tuple[str, ...]]:
+    tool = _TOOLS[now.current]
+    if tool is None:
+        return "No tool: do this step by hand.", ("by hand",)
+    return f"For this step you need {tool}.", (tool.removeprefix("the "),)
+
+
+def _out_of_scope(now: _Now) -> tuple[str, tuple[str, ...]]:
+    return OUT_OF_SCOPE_ANSWER, (OUT_OF_SCOPE_ANSWER.rstrip("."),)
+
+
+_ANSWERS: dict[str, Callable[[_Now], tuple[str, tuple[str, ...]]]] = {
+    "current": _current,
+    "next": _next,
+    "steps_left": _steps_left,
+    "mistakes": _mistakes,
+    "tool": _tool,
+    "out_of_scope": _out_of_scope,
+}
+
+
+def _vary(question: str, rng: np.random.Generator) -> str:
+    """The way people type or a recogniser writes: lower case, no final punctuation."""
+    if rng.random() < 0.3:
+        question = question.lower()
+    if rng.random() < 0.3:
+        question = question.rstrip("?.!")
+    return question
+
+
+def demo_questions(
+    truth: DemoTruth,
+    task: TaskContext,
+    at_s: float,
+    count: int,
+    rng: np.random.Generator,
+    kinds: Sequence[str] = QUESTION_KINDS,
+) -> list[DemoQuestion]:
+    """``count`` questions (kinds drawn from ``kinds``) answered for the moment ``at_s``."""
+    unknown = set(kinds) - set(QUESTION_KINDS)
+    if unknown:
+        raise ValueError(f"unknown question kinds {sorted(unknown)}; known: {QUESTION_KINDS}")
+    frame = min(max(round(at_s * truth.fps), 0), truth.n_frames - 1)
+    now = _now(truth, task, frame)
+    out = []
+    for _ in range(count):
+        kind = kinds[int(rng.integers(len(kinds)))]
+        wordings = _WORDINGS[kind]
+        question = _vary(wordings[int(rng.integers(len(wordings)))], rng)
+        answer, facts = _ANSWERS[kind](now)
+        out.append(DemoQuestion(kind, question, answer, facts))
+    return out
