@@ -224,12 +224,10 @@ class DemoTruth:
         return tuple(s for s in range(current) if s not in done)
 
     def mistake_windows(self) -> list[tuple[int, int, str]]:
-        """(first frame, end frame exclusive, text) of each recorded mistake."""
+        """(first frame, end frame exclusive, text) of each recorded mistake, in order."""
         windows = []
         for mistake in self.mistakes:
-            start = int(str(mistake.get("frame", -1)))
-            if not 0 <= start < self.n_frames:
-                continue
+            start = min(max(int(str(mistake.get("frame", 0))), 0), self.n_frames - 1)
             end = mistake.get("end_frame")
             stop = self.spans[self.span_index_at(start)].end_frame if end is None else int(str(end))
             windows.append((start, stop, str(mistake.get("text") or "a mistake")))

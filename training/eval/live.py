@@ -87,14 +87,11 @@ def spans_of(truth: DemoTruth) -> list[Span]:
 
 
 def mistake_windows(truth: DemoTruth) -> list[MistakeWindow]:
-    """The truth's mistakes; one without ``end_frame`` lasts to the end of its span."""
+    """The truth's mistakes (:meth:`DemoTruth.mistake_windows`) in seconds."""
     out = []
-    for m in truth.mistakes:
-        frame = int(str(m["frame"]))
-        span_end = truth.spans[truth.span_index_at(min(frame, truth.n_frames - 1))].end_frame
-        end = int(str(m.get("end_frame") or span_end))
-        kind, step, text = str(m.get("kind", "")), int(str(m.get("step", -1))), str(m.get("text"))
-        out.append(MistakeWindow(kind, step, frame / truth.fps, end / truth.fps, text))
+    for (start, end, text), m in zip(truth.mistake_windows(), truth.mistakes, strict=True):
+        kind, step = str(m.get("kind", "")), int(str(m.get("step", -1)))
+        out.append(MistakeWindow(kind, step, start / truth.fps, end / truth.fps, text))
     return out
 
 
