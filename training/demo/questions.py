@@ -139,8 +139,9 @@ def _steps_left(now: _Now) -> tuple[str, tuple[str, ...]]:
     left = len(now.pending)
     if left == 0:
         return "None after this one: this is the last step.", ("last step",)
-    noun = "step is" if left == 1 else "steps are"
-    return f"{left} {noun} left after this one.", (f"{left} step",)
+    count = f"{left} step" if left == 1 else f"{left} steps"
+    verb = "is" if left == 1 else "are"
+    return f"{count} {verb} left after this one.", (count,)
 
 
 def _mistakes(now: _Now) -> tuple[str, tuple[str, ...]]:

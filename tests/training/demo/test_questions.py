@@ -17,6 +17,7 @@ from training.demo.questions import (
     demo_questions,
 )
 from training.demo.render import DemoSpec, plan_demo
+from training.eval.metrics import fact_in
 
 TASK_FILE = Path(__file__).resolve().parents[3] / "data" / "tasks" / "demo_oil_change.yaml"
 SPEC = DemoSpec(min_step_s=4.0, max_step_s=6.0, narration=False)
@@ -50,9 +51,11 @@ def test_every_kind_states_its_facts_and_they_follow_the_truth(task: TaskContext
                     want = "the task is complete" if expected == TASK_COMPLETE else expected
                     assert q.facts == (want,)
                 elif q.kind == "steps_left":
-                    assert q.facts == ((f"{len(todo)} step",) if todo else ("last step",))
+                    count = f"{len(todo)} step" + ("s" if len(todo) > 1 else "")
+                    assert q.facts == ((count,) if todo else ("last step",))
                 elif q.kind == "out_of_scope":
                     assert q.answer == OUT_OF_SCOPE_ANSWER
+                assert all(fact_in(f, q.answer) for f in q.facts)  # as lavia eval scores
 
 
 def test_mistake_questions_name_the_mistake_or_say_nothing_was_missed(task: TaskContext) -> None:
