@@ -35,13 +35,13 @@ from lavia_live.contract.tasks import TaskLibrary
 from lavia_live.engines.base import Engine
 from lavia_live.errors import LaviaError
 from lavia_live.watch import watch_source
+from training.data.manifest import TRUTH_SUFFIX
 from training.demo.render import DemoTruth
 
 log = logging.getLogger(__name__)
 
 ANNOUNCE_GRACE_S = 3.0
 WARNING_GRACE_S = 5.0
-TRUTH_SUFFIX = ".truth.json"
 
 
 class LiveEvalError(LaviaError):
