@@ -23,6 +23,14 @@ parsed with the standard library, whatever pieces it came in. A file
 over ``max_upload_bytes`` is refused with 413 before any behaviour is consumed, as the real API
 does. By default the answer has one segment per ``segment_s`` seconds of the decoded upload,
 texted ``"<filename> #<k>"``; ``transcribed(segments)`` scripts explicit segments.
+
+``POST /v1/audio/speech`` (JSON: ``model``, ``input``, ``voice``, ``response_format``,
+``speed``, ``instructions``) is validated as the real API does (400 with an OpenAI error
+body for an unknown voice, an empty or over-long input, a speed outside 0.25-4) and recorded
+in ``speech_requests``; it consumes its own queue (``script_speech``, then ``speech_default``).
+An "ok" answer is real speech of the input (eSpeak NG, speed scaling the rate), streamed in
+chunks as ``pcm`` (16-bit little-endian mono at 24 kHz, no header) or ``wav``; the compressed
+formats (mp3, opus, aac, flac) are refused with 400 by this fake.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import json
 import math
 import re
 import time
+import wave
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,7 +51,11 @@ from types import TracebackType
 from typing import Any, Literal
 
 import av
+import numpy as np
 from aiohttp import web
+
+from lavia_live.speech.synthesis import resample
+from lavia_live.speech.tts import TTSOptions, synthesize
 
 VALID_GUIDANCE = json.dumps(
     {"current_step": "Loosen the drain plug.", "next_step": "Drain the oil.", "warning": None}
@@ -168,6 +181,9 @@ class OpenAIServer:
     upload_bytes_received: int = 0  # body bytes of transcription requests read so far
     max_upload_bytes: int = 25 * 1024 * 1024  # OpenAI's per-file limit
     segment_s: float = 2.0  # length of the default transcription's segments
+    speech_requests: list[ReceivedRequest] = field(default_factory=list)
+    speech_default: Behaviour = field(default_factory=ok)
+    _speech_queue: deque[Behaviour] = field(default_factory=deque)
     _queue: deque[Behaviour] = field(default_factory=deque)
     _transcription_queue: deque[Behaviour] = field(default_factory=deque)
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -184,6 +200,9 @@ class OpenAIServer:
     def script_transcriptions(self, *behaviours: Behaviour) -> None:
         self._transcription_queue.extend(behaviours)
 
+    def script_speech(self, *behaviours: Behaviour) -> None:
+        self._speech_queue.extend(behaviours)
+
     async def wait_until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until ``condition()`` holds; it is checked whenever a request arrives or ends
         and whenever a piece of an upload's body is read."""
@@ -194,6 +213,7 @@ class OpenAIServer:
         app = web.Application(client_max_size=max(256 << 20, 2 * self.max_upload_bytes))
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/audio/transcriptions", self._transcription)
+        app.router.add_post("/v1/audio/speech", self._speech)
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
@@ -300,6 +320,51 @@ class OpenAIServer:
             )
         finally:
             await self._count(-1)
+
+    async def _speech(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "request body is not JSON")
+        if not isinstance(body, dict):
+            return _error(400, "request body must be a JSON object")
+        loop = asyncio.get_running_loop()
+        self.speech_requests.append(
+            ReceivedRequest(request.path, body, dict(request.headers), loop.time())
+        )
+        problem = _speech_problem(body)
+        if problem is not None:
+            return _error(400, problem)
+        behaviour = self._speech_queue.popleft() if self._speech_queue else self.speech_default
+        await self._count(+1)
+        try:
+            return await self._respond(behaviour, ok(), lambda _: self._speech_audio(request, body))
+        finally:
+            await self._count(-1)
+
+    async def _speech_audio(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response_format = body.get("response_format", "mp3")
+        if response_format not in ("pcm", "wav"):
+            return _error(400, f"this fake speaks pcm and wav, not {response_format}")
+        wpm = min(450, max(80, round(160 * float(body.get("speed", 1.0)))))
+        pcm = await asyncio.to_thread(_speak_24k, body["input"], wpm)
+        data = pcm.astype("<i2").tobytes()
+        if response_format == "wav":
+            buffer = io.BytesIO()
+            with wave.open(buffer, "wb") as out:
+                out.setnchannels(1)
+                out.setsampwidth(2)
+                out.setframerate(SPEECH_PCM_RATE)
+                out.writeframes(data)
+            data = buffer.getvalue()
+        content_type = "audio/pcm" if response_format == "pcm" else "audio/wav"
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(data), 4800):  # 100 ms of pcm per chunk, as it streams
+            await response.write(data[start : start + 4800])
+        await response.write_eof()
+        return response
 
     async def _transcript(self, upload: ReceivedUpload, behaviour: Behaviour) -> web.Response:
         if upload.duration is None:
@@ -435,6 +500,42 @@ async def _first(*aws: Any) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+SPEECH_PCM_RATE = 24000
+SPEECH_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+SPEECH_VOICES = (
+    "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse",
+)  # fmt: skip
+SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+
+
+def _speech_problem(body: dict[str, Any]) -> str | None:
+    """The real API's 400 message for a speech request it refuses; None if acceptable."""
+    for name in ("model", "input", "voice"):
+        if not isinstance(body.get(name), str):
+            return f"'{name}' is a required property"
+    if body["model"] not in SPEECH_MODELS:
+        return f"Invalid model: {body['model']}"
+    if not body["input"].strip():
+        return "'input' must not be empty"
+    if len(body["input"]) > 4096:
+        return "'input' is too long: at most 4096 characters"
+    if body["voice"] not in SPEECH_VOICES:
+        return f"Invalid value: '{body['voice']}'. Supported values are: {', '.join(SPEECH_VOICES)}"
+    if body.get("response_format", "mp3") not in SPEECH_FORMATS:
+        return f"Invalid value: '{body['response_format']}' for response_format"
+    speed = body.get("speed", 1.0)
+    if not isinstance(speed, int | float) or not 0.25 <= speed <= 4.0:
+        return f"Invalid speed {speed!r}: it must be between 0.25 and 4.0"
+    if "instructions" in body and body["model"] != "gpt-4o-mini-tts":
+        return "instructions are not supported with this model"
+    return None
+
+
+def _speak_24k(text: str, wpm: int) -> np.ndarray[Any, np.dtype[np.int16]]:
+    """Real speech for the fake: eSpeak NG, resampled to the API's 24 kHz."""
+    return resample(synthesize(text, TTSOptions(words_per_minute=wpm)), SPEECH_PCM_RATE)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:

@@ -104,6 +104,22 @@ class ServeSettings(_Section):
         return self
 
 
+class SpeechSettings(_Section):
+    """Spoken output (:mod:`lavia_live.speech.synthesis`): guidance and answers, sentence by
+    sentence, on the session's WebRTC audio track."""
+
+    enabled: bool = Field(True, description="speak to clients that receive audio")
+    engine: Literal["espeak", "openai"] = "espeak"
+    voice: str = Field("en-us", min_length=1, max_length=64, description="eSpeak NG voice")
+    rate_wpm: int = Field(160, ge=80, le=450, description="speaking rate, words per minute")
+    openai_model: str = Field("gpt-4o-mini-tts", min_length=1, description="or tts-1, tts-1-hd")
+    openai_voice: str = Field("alloy", min_length=1, max_length=64)
+    openai_base_url: str | None = Field(None, description="None: the OpenAI API")
+    openai_api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(20.0, gt=0, le=300, description="one sentence's synthesis")
+    max_queued_sentences: int = Field(16, ge=1, le=1000)
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     format: Literal["text", "json"] = "text"
@@ -114,4 +130,5 @@ class Settings(_Section):
     tasks: TaskSettings = TaskSettings()
     engine: EngineSettings = EngineSettings()
     serve: ServeSettings = ServeSettings()
+    speech: SpeechSettings = SpeechSettings()
     logging: LoggingSettings = LoggingSettings()
