@@ -3,8 +3,9 @@
 Routes: ``GET /`` (the client page) and ``/client/*`` (its files), ``GET /demo/video.mp4``,
 ``GET /api/tasks``, ``GET /api/config``, ``POST /offer`` (:mod:`.protocol`), ``GET /healthz``
 and ``GET /metrics`` (Prometheus). :class:`LiveServer` owns the sessions, the scheduler that
-shares the engine among them and the thread pool that converts frames; :meth:`LiveServer.stop`
-closes every session before it returns.
+shares the engine among them, the thread pool that converts frames, and the speech
+synthesizer with its own thread; :meth:`LiveServer.stop` closes every session before it
+returns.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from lavia_live.engines.base import Engine
 from lavia_live.errors import TaskDefinitionError
 from lavia_live.resources import shipped_path
 from lavia_live.server.assistant import LiveAssistant, LoopOptions
+from lavia_live.server.audio import SpeechTrack
 from lavia_live.server.metrics import CONTENT_TYPE, Metrics
 from lavia_live.server.protocol import (
     MAX_OFFER_BYTES,
@@ -39,6 +41,8 @@ from lavia_live.server.protocol import (
 )
 from lavia_live.server.scheduler import Scheduler
 from lavia_live.server.session import Session
+from lavia_live.server.speaker import Speaker
+from lavia_live.speech.synthesis import Synthesizer, open_synthesizer
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,11 @@ class LiveServer:
         concurrency = settings.engine.concurrency or engine.max_concurrency
         self.scheduler = Scheduler(concurrency)
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lavia-frames")
+        speech = settings.speech
+        self.synthesizer: Synthesizer | None = open_synthesizer(speech) if speech.enabled else None
+        # eSpeak NG serialises its calls; a cloud engine gets two requests in flight.
+        tts_workers = 2 if speech.engine == "openai" else 1
+        self._tts = ThreadPoolExecutor(max_workers=tts_workers, thread_name_prefix="lavia-tts")
         self._runner: web.AppRunner | None = None
         self.url = ""
         self._client = shipped_path("client")
@@ -119,6 +128,9 @@ class LiveServer:
             await self._runner.cleanup()
             self._runner = None
         self._executor.shutdown(wait=True)
+        self._tts.shutdown(wait=True)
+        if self.synthesizer is not None:
+            self.synthesizer.close()
 
     # -- sessions -------------------------------------------------------------------
 
@@ -133,6 +145,18 @@ class LiveServer:
             executor=self._executor,
             emit=session.send,
             metrics=self.metrics,
+        )
+
+    def _speaker(self, session: Session) -> Speaker:
+        assert self.synthesizer is not None
+        return Speaker(
+            session.sid,
+            self.synthesizer,
+            self._tts,
+            SpeechTrack(),
+            session.send,
+            session.assistant.report,
+            self.settings.speech,
         )
 
     def _closed(self, session: Session) -> None:
@@ -180,7 +204,13 @@ class LiveServer:
             return _error(503, "server_full", f"the server is at its limit of {limit} sessions")
         sid = secrets.token_urlsafe(8)
         session = Session(
-            sid, self.settings.serve, self.library, task, self._assistant, self._closed
+            sid,
+            self.settings.serve,
+            self.library,
+            task,
+            self._assistant,
+            self._closed,
+            self._speaker if self.synthesizer is not None else None,
         )
         self.sessions[sid] = session
         self.metrics.sessions.set(len(self.sessions))

@@ -73,9 +73,21 @@ class ResetMessage(_Wire):
     type: Literal["reset"]
 
 
-ClientMessage = Annotated[QuestionMessage | TaskMessage | ResetMessage, Field(discriminator="type")]
+class SpeechMessage(_Wire):
+    """The assistant's voice in this session: mute it, pick a voice, change the rate.
+    Fields left out keep their value."""
+
+    type: Literal["speech"]
+    muted: bool | None = None
+    voice: str | None = Field(None, min_length=1, max_length=64)
+    rate: int | None = Field(None, ge=80, le=450, description="words per minute")
+
+
+ClientMessage = Annotated[
+    QuestionMessage | TaskMessage | ResetMessage | SpeechMessage, Field(discriminator="type")
+]
 _CLIENT_MESSAGE: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
-CLIENT_TYPES = ("question", "task", "reset")
+CLIENT_TYPES = ("question", "task", "reset", "speech")
 
 
 def parse_client_message(data: str | bytes) -> ClientMessage:
@@ -114,12 +126,28 @@ class TaskInfo(_Wire):
         return cls(id=task.id, title=task.title, steps=list(task.steps))
 
 
+class VoiceInfo(_Wire):
+    id: str
+    label: str
+
+
+class SpeechInfo(_Wire):
+    """The session's voice; in ``hello`` when the session sends audio."""
+
+    engine: str
+    voices: list[VoiceInfo]
+    voice: str
+    rate_wpm: int
+    muted: bool
+
+
 class HelloEvent(_Wire):
     type: Literal["hello"] = "hello"
     protocol: int = PROTOCOL_VERSION
     session: str
     task: TaskInfo
     engine: str
+    speech: SpeechInfo | None = None  # None: no audio track (none offered, or speech off)
 
 
 class TaskEvent(_Wire):
@@ -158,6 +186,16 @@ class StateEvent(_Wire):
     last_latency_ms: float | None
 
 
+class SpeechEvent(_Wire):
+    """A sentence starts or ends playing on the audio track."""
+
+    type: Literal["speech"] = "speech"
+    state: Literal["start", "end"]
+    text: str
+    kind: Literal["guidance", "answer"]
+    id: str | None = None  # the question an answer's sentence belongs to
+
+
 class ErrorEvent(_Wire):
     type: Literal["error"] = "error"
     code: str
@@ -165,4 +203,6 @@ class ErrorEvent(_Wire):
     id: str | None = None  # the question it concerns, if any
 
 
-ServerEvent = HelloEvent | TaskEvent | GuidanceEvent | AnswerEvent | StateEvent | ErrorEvent
+ServerEvent = (
+    HelloEvent | TaskEvent | GuidanceEvent | AnswerEvent | StateEvent | SpeechEvent | ErrorEvent
+)

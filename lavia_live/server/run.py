@@ -57,9 +57,13 @@ async def serve(settings: Settings) -> int:
     elif s.tls_cert is not None and s.tls_key is not None:
         ssl_context = server_context(s.tls_cert, s.tls_key)
     engine = await _open_engine(settings)
-    server = LiveServer(
-        settings, engine, frame_max_side=frame_max_side(settings.engine.name), library=library
-    )
+    try:
+        server = LiveServer(
+            settings, engine, frame_max_side=frame_max_side(settings.engine.name), library=library
+        )
+    except BaseException:  # e.g. no key for OpenAI TTS: a managed engine must not outlive us
+        await engine.aclose()
+        raise
     stop = asyncio.Event()
     try:
         with _stop_on_signals(stop):

@@ -1,9 +1,10 @@
-"""One live session: a browser's peer connection, its video in, its events out.
+"""One live session: a browser's peer connection, its video in, its events and voice out.
 
 The session owns everything it starts: the peer connection, the task reading its video
 track (and one draining any audio track, so nothing queues up unread), the ``state``
-ticker and a watchdog. :meth:`Session.close` ends all of them, whatever ends the session:
-the client leaving, ICE failing, the video stopping, the server shutting down.
+ticker, a watchdog and, when the client receives audio, the :class:`Speaker` with its
+outgoing :class:`SpeechTrack`. :meth:`Session.close` ends all of them, whatever ends the
+session: the client leaving, ICE failing, the video stopping, the server shutting down.
 """
 
 from __future__ import annotations
@@ -34,12 +35,15 @@ from lavia_live.server.protocol import (
     HelloEvent,
     ProtocolError,
     QuestionMessage,
+    ResetMessage,
     ServerEvent,
+    SpeechMessage,
     StateEvent,
     TaskInfo,
     TaskMessage,
     parse_client_message,
 )
+from lavia_live.server.speaker import Speaker
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,7 @@ class Session:
         task: TaskContext,
         make_assistant: Callable[[Session, TaskContext], LiveAssistant],
         on_closed: Callable[[Session], None],
+        make_speaker: Callable[[Session], Speaker] | None = None,
     ) -> None:
         self.sid = sid
         self.settings = settings
@@ -73,6 +78,8 @@ class Session:
         self.pc = RTCPeerConnection(ice_configuration(settings))
         self.channel: RTCDataChannel | None = None
         self.assistant = make_assistant(self, task)
+        self.speaker: Speaker | None = None
+        self._make_speaker = make_speaker
         self._on_closed = on_closed
         self._tasks: set[asyncio.Task[None]] = set()
         self._video = False
@@ -90,9 +97,28 @@ class Session:
     # -- lifecycle ------------------------------------------------------------------
 
     async def accept(self, offer: RTCSessionDescription) -> RTCSessionDescription:
-        """Answer the client's offer (ICE gathered: aiortc does not trickle)."""
+        """Answer the client's offer (ICE gathered: aiortc does not trickle). When the offer
+        has an audio section the client receives, the answer sends the assistant's voice."""
         await self.pc.setRemoteDescription(offer)
+        speaker = None
+        if self._make_speaker is not None and any(
+            t.kind == "audio" for t in self.pc.getTransceivers()
+        ):
+            speaker = self._make_speaker(self)
+            self.pc.addTrack(speaker.track)  # the offer's first audio transceiver
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        if speaker is not None:
+            sending = [
+                t
+                for t in self.pc.getTransceivers()
+                if t.sender.track is speaker.track
+                and t.currentDirection in ("sendonly", "sendrecv")
+            ]
+            if sending:
+                self.speaker = speaker
+                self._spawn(speaker.run(), "speaker")
+            else:  # audio offered, but only to send (a microphone): nothing to speak to
+                speaker.track.stop()
         self._spawn(self._watchdog(), "watchdog")
         self._spawn(self._tick(), "state")
         return self.pc.localDescription
@@ -112,6 +138,9 @@ class Session:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        if self.speaker is not None:
+            self.speaker.stop()
+            self.speaker.track.stop()
         await self.assistant.close()
         try:
             await asyncio.wait_for(self.pc.close(), CLOSE_TIMEOUT_S)
@@ -178,6 +207,8 @@ class Session:
     # -- data channel ---------------------------------------------------------------
 
     def send(self, event: ServerEvent) -> None:
+        if self.speaker is not None and self._closing is None:
+            self.speaker.observe(event)
         channel = self.channel
         if channel is None or channel.readyState != "open":
             return
@@ -196,6 +227,7 @@ class Session:
                 session=self.sid,
                 task=TaskInfo.of(self.task),
                 engine=self.assistant.engine.name,
+                speech=self.speaker.info() if self.speaker is not None else None,
             )
         )
 
@@ -213,6 +245,24 @@ class Session:
             except TaskDefinitionError as exc:
                 self.assistant.report("unknown_task", str(exc))
                 return
+            if self.speaker is not None:
+                self.speaker.stop()
             self.assistant.switch_task(task)
-        else:
+        elif isinstance(message, ResetMessage):
+            if self.speaker is not None:
+                self.speaker.stop()
             self.assistant.reset()
+        else:
+            self._configure_speech(message)
+
+    def _configure_speech(self, message: SpeechMessage) -> None:
+        speaker = self.speaker
+        if speaker is None:
+            msg = "this session has no voice: offer to receive audio (and keep speech enabled)"
+            self.assistant.report("speech_unavailable", msg)
+            return
+        if message.voice is not None and message.voice not in speaker.synthesizer.voices:
+            known = ", ".join(speaker.synthesizer.voices)
+            self.assistant.report("unknown_voice", f"no voice {message.voice!r}; known: {known}")
+            return
+        speaker.configure(muted=message.muted, voice=message.voice, rate_wpm=message.rate)

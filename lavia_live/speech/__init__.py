@@ -1,1 +1,2 @@
-"""Speech: recognition (faster-whisper) and synthesis (eSpeak NG), both embedded."""
+"""Speech: recognition (faster-whisper) and synthesis (eSpeak NG embedded, OpenAI TTS),
+with a sentence splitter for streamed text."""
