@@ -1,6 +1,7 @@
 // LaViA Live browser client: sends a camera (or the demo video) to the server over WebRTC
 // and shows the guidance, answers and state events that come back on the `lavia` data
-// channel. Plain ES module, standard APIs only, no build step. Protocol version 1 (see the
+// channel; plays the assistant's voice from the audio track it receives (or speaks with the
+// browser's own speech synthesis instead). Plain ES module, standard APIs only, no build step. Protocol version 1 (see the
 // README): POST /offer with a complete (non-trickle) SDP offer, JSON events on the channel.
 
 const PROTOCOL = 1;
@@ -15,6 +16,9 @@ const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 10000;
 const MAX_ANSWERS = 20;
 const TOKEN_KEY = "lavia.token";
+const SPEECH_KEY = "lavia.speech";
+const NORMAL_WPM = 160; // the browser's rate 1.0
+const MAX_SPEECH_LOG = 100;
 const DEFAULT_CAPTURE = { width: 640, height: 480, frame_rate: 5, max_bitrate_kbps: 300 };
 
 const $ = (id) => document.getElementById(id);
@@ -50,6 +54,13 @@ const ui = {
   askButton: $("ask-button"),
   answers: $("answers"),
   demoVideo: $("demo-video"),
+  speechMute: $("speech-mute"),
+  speechBrowser: $("speech-browser"),
+  speechVoice: $("speech-voice"),
+  speechRate: $("speech-rate"),
+  speechRateValue: $("speech-rate-value"),
+  speechCaption: $("speech-caption"),
+  speechAudio: $("speech-audio"),
 };
 
 const app = {
@@ -71,6 +82,10 @@ const app = {
   progress: { done: new Set(), current: null },
   warning: null,
   answers: new Map(), // question id -> {li, text}
+  // The person's voice settings (kept in this browser): server voice id, browser voice name.
+  speech: { muted: false, browser: false, voice: "", browserVoice: "", rate: NORMAL_WPM },
+  serverSpeech: null, // hello.speech: {engine, voices, voice, rate_wpm, muted} or null
+  speechLog: [], // speech events received and texts spoken by the browser, for tests
 };
 
 class ServerError extends Error {
@@ -85,6 +100,7 @@ class ServerError extends Error {
 
 async function init() {
   wireEvents();
+  initSpeech();
   ui.token.value = readToken();
   try {
     const [config, library] = await Promise.all([getJson("/api/config"), getJson("/api/tasks")]);
@@ -427,6 +443,11 @@ function openPeer(stale) {
     sendEncodings: [{ maxBitrate: capture.max_bitrate_kbps * 1000 }],
   });
   app.sender = transceiver.sender;
+  // The assistant's voice comes back on an audio track we only receive.
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  pc.addEventListener("track", (event) => {
+    if (!stale() && event.track.kind === "audio") playVoice(event.track);
+  });
   const dc = pc.createDataChannel("lavia");
   app.dc = dc;
   dc.addEventListener("message", (event) => {
@@ -550,6 +571,8 @@ function scheduleReconnect(reason) {
 function teardownPeer() {
   app.generation++;
   app.live = false;
+  stopVoice();
+  ui.speechAudio.srcObject = null;
   clearTimeout(app.disconnectTimer);
   clearTimeout(app.liveTimer);
   app.disconnectTimer = null;
@@ -588,6 +611,8 @@ function onMessage(data) {
       return onAnswer(msg);
     case "state":
       return onState(msg);
+    case "speech":
+      return onSpeech(msg);
     case "error":
       return onServerEvent(msg);
     default:
@@ -616,6 +641,9 @@ function onHello(msg) {
   }
   if (!sameTask) clearGuidance("Watching… the first guidance comes after a few seconds.");
   else renderChecklist();
+  app.serverSpeech = msg.speech ?? null;
+  fillVoices();
+  sendSpeechSettings();
 }
 
 function onTask(task) {
@@ -633,6 +661,7 @@ function onGuidance(g) {
   app.progress = { done: new Set(g.done ?? []), current: g.current_index ?? null };
   renderChecklist();
   if (g.warning) showWarning(g.warning);
+  speakLocally(guidanceText(g));
 }
 
 function onAnswer(msg) {
@@ -642,6 +671,7 @@ function onAnswer(msg) {
     entry.text.textContent = (msg.text ?? entry.text.textContent).trim();
     entry.li.removeAttribute("aria-busy");
     entry.li.dataset.final = "true";
+    speakLocally(entry.text.textContent);
   } else if (typeof msg.delta === "string") {
     const text = entry.li.dataset.waiting ? msg.delta.trimStart() : msg.delta;
     if (!text) return; // leading whitespace: keep "Thinking…" until words arrive
@@ -674,6 +704,162 @@ function onServerEvent(msg) {
     delete entry.li.dataset.waiting;
   } else {
     showError(text);
+  }
+}
+
+// ---------------------------------------------------------------- voice
+
+function initSpeech() {
+  app.speech = { ...app.speech, ...readSpeech() };
+  ui.speechRate.value = String(app.speech.rate);
+  ui.speechBrowser.checked = app.speech.browser;
+  renderSpeechControls();
+  fillVoices();
+  ui.speechMute.addEventListener("click", () => {
+    app.speech.muted = !app.speech.muted;
+    if (app.speech.muted) stopVoice();
+    applySpeech();
+  });
+  ui.speechBrowser.addEventListener("change", () => {
+    app.speech.browser = ui.speechBrowser.checked;
+    stopVoice();
+    fillVoices();
+    applySpeech();
+  });
+  ui.speechVoice.addEventListener("change", () => {
+    if (app.speech.browser) app.speech.browserVoice = ui.speechVoice.value;
+    else app.speech.voice = ui.speechVoice.value;
+    applySpeech();
+  });
+  ui.speechRate.addEventListener("input", () => {
+    ui.speechRateValue.textContent = ui.speechRate.value;
+  });
+  ui.speechRate.addEventListener("change", () => {
+    app.speech.rate = Number(ui.speechRate.value);
+    applySpeech();
+  });
+  window.speechSynthesis?.addEventListener?.("voiceschanged", () => {
+    if (app.speech.browser) fillVoices();
+  });
+}
+
+function applySpeech() {
+  saveSpeech();
+  renderSpeechControls();
+  sendSpeechSettings();
+}
+
+function renderSpeechControls() {
+  const { muted } = app.speech;
+  ui.speechMute.setAttribute("aria-pressed", String(muted));
+  ui.speechMute.textContent = muted ? "Unmute voice" : "Mute voice";
+  ui.speechRateValue.textContent = String(app.speech.rate);
+  // The audio element is muted at once; the server stops sending speech as well.
+  ui.speechAudio.muted = muted || app.speech.browser;
+  ui.speechBrowser.disabled = !window.speechSynthesis;
+}
+
+// The voice list: the server's voices (from hello), or this browser's when it speaks.
+function fillVoices() {
+  let options;
+  let selected;
+  if (app.speech.browser) {
+    const voices = window.speechSynthesis?.getVoices?.() ?? [];
+    const english = voices.filter((v) => v.lang?.startsWith("en"));
+    options = [new Option("Browser default", "")];
+    for (const v of english.length ? english : voices) {
+      options.push(new Option(`${v.name} (${v.lang})`, v.name));
+    }
+    selected = app.speech.browserVoice;
+  } else if (app.serverSpeech) {
+    options = app.serverSpeech.voices.map((v) => new Option(v.label, v.id));
+    const known = app.serverSpeech.voices.some((v) => v.id === app.speech.voice);
+    selected = known ? app.speech.voice : app.serverSpeech.voice;
+  } else {
+    options = [new Option("Server default", "")];
+    selected = "";
+  }
+  ui.speechVoice.replaceChildren(...options);
+  if (options.some((o) => o.value === selected)) ui.speechVoice.value = selected;
+}
+
+// Tell the server how this session should sound; muted while the browser speaks instead.
+function sendSpeechSettings() {
+  const server = app.serverSpeech;
+  if (!server || !app.live) return;
+  const message = { type: "speech", muted: app.speech.muted || app.speech.browser };
+  if (app.speech.rate !== server.rate_wpm) message.rate = app.speech.rate;
+  if (server.voices.some((v) => v.id === app.speech.voice)) message.voice = app.speech.voice;
+  send(message);
+}
+
+function playVoice(track) {
+  ui.speechAudio.srcObject = new MediaStream([track]);
+  ui.speechAudio.muted = app.speech.muted || app.speech.browser;
+  // Autoplay is allowed after the Start click; if a browser still refuses, the text remains.
+  ui.speechAudio.play().catch(() => {});
+}
+
+function stopVoice() {
+  window.speechSynthesis?.cancel();
+  showCaption(null);
+}
+
+function onSpeech(msg) {
+  logSpeech({ type: "speech", state: msg.state, text: msg.text, kind: msg.kind, id: msg.id });
+  if (msg.state === "start") showCaption(msg.text);
+  else if (ui.speechCaption.textContent === msg.text) showCaption(null);
+}
+
+function showCaption(text) {
+  ui.speechCaption.textContent = text ?? "";
+  ui.speechCaption.dataset.speaking = String(Boolean(text));
+}
+
+function logSpeech(entry) {
+  app.speechLog.push({ ...entry, t: performance.now() });
+  if (app.speechLog.length > MAX_SPEECH_LOG) app.speechLog.shift();
+}
+
+// The same words the server says for a guidance: a warning first, then the next step.
+function guidanceText(g) {
+  const parts = [];
+  const sentence = (text) => (/[.!?]$/.test(text.trim()) ? text.trim() : `${text.trim()}.`);
+  if (g.warning) parts.push(sentence(`Warning: ${g.warning}`));
+  if (g.next_step?.trim() && g.next_index !== null) parts.push(sentence(`Next: ${g.next_step}`));
+  else if (g.current_step?.trim()) parts.push(sentence(`Now: ${g.current_step}`));
+  return parts.join(" ");
+}
+
+function speakLocally(text) {
+  const synth = window.speechSynthesis;
+  if (!app.speech.browser || app.speech.muted || !synth || !text?.trim()) return;
+  const utterance = new SpeechSynthesisUtterance(text.trim());
+  utterance.rate = Math.min(3, Math.max(0.5, app.speech.rate / NORMAL_WPM));
+  const voice = synth.getVoices().find((v) => v.name === app.speech.browserVoice);
+  if (voice) utterance.voice = voice;
+  utterance.addEventListener("start", () => showCaption(utterance.text));
+  utterance.addEventListener("end", () => {
+    if (ui.speechCaption.textContent === utterance.text) showCaption(null);
+  });
+  logSpeech({ type: "browser", state: "queued", text: utterance.text });
+  synth.speak(utterance);
+}
+
+function readSpeech() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(SPEECH_KEY) ?? "{}");
+    return typeof saved === "object" && saved ? saved : {};
+  } catch {
+    return {};
+  }
+}
+
+function saveSpeech() {
+  try {
+    localStorage.setItem(SPEECH_KEY, JSON.stringify(app.speech));
+  } catch {
+    // storage disabled: the settings hold for this page only
   }
 }
 
@@ -883,6 +1069,25 @@ function saveToken(token) {
 window.laviaLive = {
   dropConnection() {
     if (app.dc) app.dc.close();
+  },
+  // Speech events received and texts given to the browser's speech synthesis, oldest first.
+  speechLog() {
+    return app.speechLog.slice();
+  },
+  // The received voice's WebRTC statistics (inbound-rtp audio), or null.
+  async audioStats() {
+    if (!app.pc) return null;
+    const stats = await app.pc.getStats();
+    for (const report of stats.values()) {
+      if (report.type === "inbound-rtp" && report.kind === "audio") {
+        return {
+          packetsReceived: report.packetsReceived ?? 0,
+          totalAudioEnergy: report.totalAudioEnergy ?? 0,
+          totalSamplesReceived: report.totalSamplesReceived ?? 0,
+        };
+      }
+    }
+    return null;
   },
 };
 

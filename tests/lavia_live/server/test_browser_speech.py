@@ -1,0 +1,113 @@
+"""The page's voice in headless Chromium: it receives the assistant's audio track and its
+``speech`` events, and its controls (mute, voice, rate, the browser's own voice) reach the
+server. Every wait is on a page or server condition with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Page
+
+from tests.lavia_live.server.browser import DEADLINE_S, chromium, wait_for_page, wait_until
+from tests.lavia_live.server.test_browser import STATE, open_page, sessions_end, shot
+
+SPOKEN = "window.laviaLive.speechLog().filter(e => e.type === 'speech' && e.state === 'end')"
+
+
+async def page_value(page: Page, expression: str, what: str) -> Any:
+    """Evaluate ``expression`` (it may be async) until it is truthy; fail naming ``what``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE_S
+    while not (value := await page.evaluate(expression)):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {DEADLINE_S:g} s waiting for {what}")
+        await asyncio.sleep(0.1)
+    return value
+
+
+async def test_the_page_speaks_and_its_voice_controls_reach_the_server(
+    live_server: Any, tmp_path: Path
+) -> None:
+    name = "voice"
+    async with chromium(tmp_path / "profile") as context:
+        page = await context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        await open_page(page, live_server.url)
+        assert await page.is_visible("#speech-mute")
+        assert await page.get_attribute("#speech-mute", "aria-pressed") == "false"
+        await page.click("#demo")
+        sid = await wait_for_page(
+            page, f"{STATE} === 'live' && document.getElementById('connection').dataset.session"
+        )
+        session = live_server.sessions[sid]
+        speaker = session.speaker
+        assert speaker is not None, "the page's offer receives audio"
+        # The server's voices are offered; the audio element plays the received track.
+        voices = await page.eval_on_selector_all(
+            "#speech-voice option", "os => os.map(o => o.value)"
+        )
+        assert "en-us" in voices and "en-gb-x-rp" in voices, voices
+        await wait_for_page(page, "document.getElementById('speech-audio').srcObject !== null")
+        # Guidance is spoken: speech events arrive and the received audio carries energy.
+        spoken = await page_value(page, f"{SPOKEN}.length > 0 && {SPOKEN}", "a spoken sentence")
+        assert spoken[0]["kind"] == "guidance" and spoken[0]["text"].startswith(("Next", "Now"))
+        stats = await page_value(
+            page,
+            "window.laviaLive.audioStats().then(s => s && s.totalAudioEnergy > 0 && s)",
+            "audio energy received",
+        )
+        assert stats["packetsReceived"] > 10, stats
+        await shot(page, name, "speaking")
+        # Voice and rate by keyboard: the server's speaker follows.
+        await page.focus("#speech-voice")
+        await page.select_option("#speech-voice", "en-gb-x-rp")
+        await wait_until(lambda: speaker.voice == "en-gb-x-rp", "the chosen voice")
+        await page.focus("#speech-rate")
+        for _ in range(4):
+            await page.keyboard.press("ArrowRight")
+        await wait_until(lambda: speaker.rate_wpm == 200, "the chosen rate")
+        assert await page.text_content("#speech-rate-value") == "200"
+        # Mute (keyboard): the server stops speaking; a question is answered in text only.
+        await page.focus("#speech-mute")
+        await page.keyboard.press("Enter")
+        assert await page.get_attribute("#speech-mute", "aria-pressed") == "true"
+        await wait_until(lambda: speaker.muted and speaker.idle, "the server's voice muted")
+        frames = speaker.track.speech_frames_sent
+        assert await page.evaluate("document.getElementById('speech-audio').muted")
+        await page.fill("#question", "Where does the old oil go?")
+        await page.press("#question", "Enter")
+        await wait_for_page(page, "document.querySelector('#answers li[data-final]')")
+        assert speaker.idle and speaker.track.speech_frames_sent == frames
+        log = await page.evaluate("window.laviaLive.speechLog()")
+        assert not [e for e in log if e.get("kind") == "answer"], log
+        # The browser's own voice: the server stays muted and the page speaks the answer.
+        await page.click("#speech-mute")  # unmute
+        await wait_until(lambda: not speaker.muted, "unmuted")
+        await page.focus("#speech-browser")
+        await page.keyboard.press("Space")
+        await wait_until(lambda: speaker.muted, "the server muted for the browser's voice")
+        await page.fill("#question", "What comes next?")
+        await page.press("#question", "Enter")
+        await wait_for_page(
+            page, "document.querySelectorAll('#answers li[data-final]').length >= 2"
+        )
+        answer = (await page.text_content("#answers li[data-final] .a") or "").strip()
+        local = await page_value(
+            page,
+            "window.laviaLive.speechLog().filter(e => e.type === 'browser').map(e => e.text)",
+            "the browser speaking",
+        )
+        assert answer in local, (answer, local)
+        assert speaker.track.speech_frames_sent == frames
+        await shot(page, name, "browser-voice")
+        # The settings are kept in this browser.
+        await page.click("#stop")
+        await page.reload()
+        await wait_for_page(page, "!document.getElementById('start').disabled")
+        assert await page.is_checked("#speech-browser")
+        assert await page.input_value("#speech-rate") == "200"
+        assert not problems, problems
+    await sessions_end(live_server)
