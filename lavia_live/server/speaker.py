@@ -6,9 +6,10 @@ sentences as it streams (:class:`~lavia_live.speech.sentences.SentenceSplitter`)
 first sentence is spoken while the rest is still being generated. One worker task takes the
 sentences in order, synthesises and resamples each in the TTS thread pool (never on the
 event loop, with a timeout), and queues it on the session's :class:`SpeechTrack`, keeping at
-most :data:`AHEAD` sentences queued there. ``speech`` events mark when each sentence starts
-and ends playing. A newer guidance replaces guidance not spoken yet; muting drops everything
-and speaks nothing until unmuted.
+most :data:`AHEAD` sentences queued there beyond the one playing. ``speech`` events mark
+when each sentence starts and ends playing. An answer's sentences go before guidance still
+waiting; a newer guidance replaces guidance not spoken yet; muting drops everything and
+speaks nothing until unmuted.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from lavia_live.speech.synthesis import Synthesizer, resample
 
 log = logging.getLogger(__name__)
 
-AHEAD = 2  # sentences synthesised and queued on the track beyond the one playing
+AHEAD = 1  # sentences synthesised and queued on the track beyond the one playing
 MAX_OPEN_ANSWERS = 4  # answers being split at once; older ones are forgotten
 
 Kind = Literal["guidance", "answer"]
@@ -161,7 +162,12 @@ class Speaker:
             if len(self._pending) == self._pending.maxlen:
                 log.info("speech queue full: dropped %r", self._pending[0].text[:40],
                          extra={"session": self.key})  # fmt: skip
-            self._pending.append(sentence)
+                self._pending.popleft()
+            # The person asked: an answer goes before guidance that waits.
+            at = len(self._pending)
+            if sentence.kind == "answer":
+                at = next((i for i, s in enumerate(self._pending) if s.kind == "guidance"), at)
+            self._pending.insert(at, sentence)
         if sentences:
             self._wake.set()
 

@@ -197,3 +197,14 @@ async def test_track_pacing_silence_and_bounds() -> None:
     with pytest.raises(MediaStreamError):
         await track.recv()
     assert track.readyState == "ended"
+
+
+async def test_an_answer_goes_before_guidance_that_waits(rig: Rig) -> None:
+    rig.speaker.announce("Warning: The oil pan is missing. Next: Slide the pan under the engine.")
+    rig.speaker.observe(answer("q1", text="Put the pan under the drain plug."))
+    await wait_for(lambda: rig.speaker.sentences_spoken == 3, 30, "all spoken")
+    assert [text for state, text, _ in rig.speech() if state == "start"] == [
+        "Put the pan under the drain plug.",
+        "Warning: The oil pan is missing.",
+        "Next: Slide the pan under the engine.",
+    ]

@@ -15,12 +15,12 @@ import av
 import numpy as np
 import numpy.typing as npt
 import pytest
-from aiortc import MediaStreamTrack
+from aiortc import AudioStreamTrack, MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from lavia_live.config import Settings
 from lavia_live.server.app import LiveServer
-from lavia_live.speech.asr import transcribe_pcm
+from lavia_live.speech.asr import TranscriptionOptions, transcribe_pcm
 from tests.lavia_live.server.conftest import running_server, wait_for
 from tests.lavia_live.server.test_live import Client
 from tests.openai_server import OpenAIServer
@@ -55,8 +55,17 @@ class VoiceClient(Client):
             for out in resampler.resample(frame):
                 self.chunks.append(np.asarray(out.to_ndarray(), dtype=np.int16).reshape(-1))
 
-    def recording(self) -> npt.NDArray[np.float32]:
-        return np.concatenate(self.chunks).astype(np.float32) / 32768.0
+    def recording(self, max_pause_s: float = 0.4) -> npt.NDArray[np.float32]:
+        """What was received, float at 16 kHz, with every silence cut to ``max_pause_s``
+        (the track is silent between sentences: this keeps recognition short)."""
+        kept: list[npt.NDArray[np.int16]] = []
+        silent = 0.0
+        for chunk in self.chunks:
+            quiet = int(np.abs(chunk).max(initial=0)) < 64
+            silent = silent + chunk.shape[0] / 16000 if quiet else 0.0
+            if silent <= max_pause_s:
+                kept.append(chunk)
+        return np.concatenate(kept).astype(np.float32) / 32768.0
 
     def spoken(self, **match: Any) -> list[dict[str, Any]]:
         return [e for e in self.of("speech") if all(e.get(k) == v for k, v in match.items())]
@@ -76,7 +85,9 @@ def words(text: str) -> set[str]:
 
 
 async def heard_in(client: VoiceClient) -> set[str]:
-    transcript = await asyncio.to_thread(transcribe_pcm, client.recording())
+    # Greedy decoding: a beam on a loaded machine can take half a minute on robotic speech.
+    options = TranscriptionOptions(beam_size=1)
+    transcript = await asyncio.to_thread(transcribe_pcm, client.recording(), options)
     return words(transcript.text)
 
 
@@ -84,41 +95,45 @@ async def check_spoken_round_trip(server: LiveServer, video: Path, engine: str) 
     client = VoiceClient(server, video)
     try:
         await client.connect()
+        session = server.sessions[client.sid]
         speech = client.of("hello")[0]["speech"]
         assert speech["engine"] == engine and speech["muted"] is False
         assert speech["voice"] in {v["id"] for v in speech["voices"]}
         # The tracker's first announcement is spoken...
         await wait_for(lambda: client.spoken(state="end", kind="guidance"), 90, "guidance spoken")
         guidance = client.of("guidance")
-        said = client.spoken(state="end", kind="guidance")[0]["text"]
-        assert any(g["next_step"].rstrip(".") in said for g in guidance), (said, guidance)
+        said = words(" ".join(e["text"] for e in client.spoken(state="end", kind="guidance")))
+        assert any(
+            words(g["next_step"]) <= said or words(g["current_step"]) <= said for g in guidance
+        ), (said, guidance)
         # ...and so is the answer to a typed question, sentence by sentence.
         client.send({"type": "question", "text": "What do I do next?", "id": "q1"})
         await wait_for(
             lambda: any(a["final"] for a in client.of("answer")), 60, "the answer is complete"
         )
         answer = next(a["text"] for a in client.of("answer") if a["final"])
-        await wait_for(
-            lambda: (
-                " ".join(e["text"] for e in client.spoken(state="end", id="q1"))
-                == " ".join(answer.split())
-            ),
-            60,
-            "every sentence of the answer spoken",
-        )
+
+        def answer_spoken() -> bool:
+            said = " ".join(e["text"] for e in client.spoken(state="end", id="q1"))
+            return re.findall(r"[A-Za-z0-9]+", said) == re.findall(r"[A-Za-z0-9]+", answer)
+
+        try:
+            await wait_for(answer_spoken, 60, "every sentence of the answer spoken")
+        except TimeoutError:
+            raise AssertionError(f"answer {answer!r}; speech {client.of('speech')}") from None
         starts = [e["text"] for e in client.spoken(state="start")]
         ends = [e["text"] for e in client.spoken(state="end")]
         assert starts[: len(ends)] == ends, "each sentence ends before the next one starts"
-        # What the client heard has the words of what was said.
-        expected = ROBUST & words(" ".join(ends))
-        assert expected, f"nothing robust to listen for in {ends}"
-        heard = await heard_in(client)
-        assert len(heard & expected) >= min(2, len(expected)), (heard, ends)
-        session = server.sessions[client.sid]
+        assert not session.close_reason, (session.close_reason, client.of("error"))
         assert session.speaker is not None and session.speaker.track.speech_frames_sent > 50
     finally:
         await client.close()
     await wait_for(lambda: not server.sessions, 15, "session closed")
+    # What the client heard has the words of what was said.
+    expected = ROBUST & words(" ".join(ends))
+    assert expected, f"nothing robust to listen for in {ends}"
+    heard = await heard_in(client)
+    assert len(heard & expected) >= min(2, len(expected)), (heard, ends)
 
 
 async def test_guidance_and_answers_are_heard_over_webrtc(
@@ -156,7 +171,12 @@ async def test_speech_controls_and_clients_without_audio(
     async with running_server(Settings()) as server:
         plain = await Client(server, demo_video[0]).connect()
         voice = await VoiceClient(server, demo_video[0]).connect()
+        mic = Client(server, demo_video[0])  # sends audio, receives none
+        mic.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        await mic.connect()
         try:
+            assert mic.of("hello")[0]["speech"] is None
+            assert server.sessions[mic.sid].speaker is None
             # A client that offers no audio works as before: no voice, and says so if asked.
             assert plain.of("hello")[0]["speech"] is None
             assert server.sessions[plain.sid].speaker is None
@@ -188,6 +208,7 @@ async def test_speech_controls_and_clients_without_audio(
         finally:
             await plain.close()
             await voice.close()
+            await mic.close()
         await wait_for(lambda: not server.sessions, 20, "sessions closed")
     # Nothing the voice started is left: no task, no TTS thread.
     await wait_for(lambda: len(asyncio.all_tasks()) <= tasks_before, 20, "no task left")
