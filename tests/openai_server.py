@@ -244,12 +244,9 @@ class OpenAIServer:
         return web.json_response({"object": "list", "data": [model]})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "request body is not JSON")
-        if not isinstance(body, dict):
-            return _error(400, "request body must be a JSON object")
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
         loop = asyncio.get_running_loop()
         self.requests.append(
             ReceivedRequest(request.path, body, dict(request.headers), loop.time())
@@ -322,12 +319,9 @@ class OpenAIServer:
             await self._count(-1)
 
     async def _speech(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "request body is not JSON")
-        if not isinstance(body, dict):
-            return _error(400, "request body must be a JSON object")
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
         loop = asyncio.get_running_loop()
         self.speech_requests.append(
             ReceivedRequest(request.path, body, dict(request.headers), loop.time())
@@ -536,6 +530,17 @@ def _speech_problem(body: dict[str, Any]) -> str | None:
 def _speak_24k(text: str, wpm: int) -> np.ndarray[Any, np.dtype[np.int16]]:
     """Real speech for the fake: eSpeak NG, resampled to the API's 24 kHz."""
     return resample(synthesize(text, TTSOptions(words_per_minute=wpm)), SPEECH_PCM_RATE)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request's JSON object, or the 400 answer the API gives for anything else."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "request body is not JSON")
+    if not isinstance(body, dict):
+        return _error(400, "request body must be a JSON object")
+    return body
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
