@@ -63,7 +63,7 @@ def history_at(truth: DemoTruth, task: TaskContext, at_s: float) -> tuple[str, .
 
 def oracle_guidance(truth: DemoTruth, task: TaskContext, at_s: float) -> Guidance:
     """The guidance that is true at ``at_s`` seconds into the video."""
-    frame = min(max(round(at_s * truth.fps), 0), truth.n_frames - 1)
+    frame = truth.frame_at(at_s)
     current, todo = truth.steps_to_do(frame)
     next_text = task.steps[todo[0]] if todo else TASK_COMPLETE
     return Guidance(task.steps[current], next_text, truth.mistake_at(frame))

@@ -195,7 +195,7 @@ def demo_questions(
     unknown = set(kinds) - set(QUESTION_KINDS)
     if unknown:
         raise ValueError(f"unknown question kinds {sorted(unknown)}; known: {QUESTION_KINDS}")
-    frame = min(max(round(at_s * truth.fps), 0), truth.n_frames - 1)
+    frame = truth.frame_at(at_s)
     now = _now(truth, task, frame)
     out = []
     for _ in range(count):

@@ -190,6 +190,10 @@ class DemoTruth:
     def duration_s(self) -> float:
         return self.n_frames / self.fps
 
+    def frame_at(self, seconds: float) -> int:
+        """The frame shown ``seconds`` into the video (clamped to the video)."""
+        return min(max(round(seconds * self.fps), 0), self.n_frames - 1)
+
     def span_index_at(self, frame: int) -> int:
         """Index into :attr:`spans` of the span that holds ``frame``."""
         if not 0 <= frame < self.n_frames:

@@ -201,7 +201,7 @@ def _normalise_text(text: str) -> str:
 def fact_in(fact: str, answer: str) -> bool:
     """Whether ``answer`` states ``fact``: case and spacing aside, the fact's final period
     aside, as whole words at the fact's ends."""
-    key = _normalise_text(fact).rstrip(".").rstrip()
+    key = normalise_step(fact)
     if not key:
         return True
     pattern = re.escape(key)
