@@ -26,6 +26,7 @@ from lavia_live.errors import MediaError, SpeechError
 __all__ = [
     "EMBEDDED_MODEL",
     "SAMPLE_RATE",
+    "MonoResampler",
     "Segment",
     "Transcript",
     "TranscriptionOptions",
@@ -139,6 +140,46 @@ def _mono_s16(frame: av.AudioFrame) -> npt.NDArray[np.int16]:
     return np.asarray(frame.to_ndarray(), dtype=np.int16).reshape(-1)
 
 
+class MonoResampler:
+    """Audio frames of any format, layout and rate, in a stream, to float32 mono at
+    :data:`SAMPLE_RATE` in [-1, 1] (FFmpeg's resampler through PyAV, via int16).
+
+    A stream whose format, layout or rate changes midway (a renegotiated codec) gets a new
+    resampler from then on. Not thread-safe: one stream, one caller at a time.
+    """
+
+    def __init__(self, rate: int = SAMPLE_RATE) -> None:
+        self.rate = rate
+        self._resampler: av.AudioResampler | None = None
+        self._source: tuple[str, str, int] | None = None
+
+    def resample(self, frame: av.AudioFrame) -> npt.NDArray[np.float32]:
+        """The samples of ``frame`` (the resampler may hold a few back until the next)."""
+        source = (frame.format.name, frame.layout.name, int(frame.sample_rate))
+        chunks: list[npt.NDArray[np.int16]] = []
+        if source != self._source:
+            if self._resampler is not None:
+                chunks.extend(_mono_s16(r) for r in self._resampler.resample(None))
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=self.rate)
+            self._source = source
+        assert self._resampler is not None
+        chunks.extend(_mono_s16(r) for r in self._resampler.resample(frame))
+        return _as_float(chunks)
+
+    def flush(self) -> npt.NDArray[np.float32]:
+        """The samples still held back; the next frame starts a new stream."""
+        resampler, self._resampler, self._source = self._resampler, None, None
+        if resampler is None:
+            return np.zeros(0, dtype=np.float32)
+        return _as_float([_mono_s16(r) for r in resampler.resample(None)])
+
+
+def _as_float(chunks: list[npt.NDArray[np.int16]]) -> npt.NDArray[np.float32]:
+    if not chunks:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate(chunks).astype(np.float32) / 32768.0
+
+
 def decode_audio_file(path: str | Path) -> npt.NDArray[np.float32]:
     """Decode the first audio track of a file to float32 mono at 16 kHz, in [-1, 1]."""
     file = Path(path)
@@ -146,8 +187,8 @@ def decode_audio_file(path: str | Path) -> npt.NDArray[np.float32]:
         raise MediaError(f"audio file not found: {file}")
     if file.stat().st_size == 0:
         raise MediaError(f"audio file is empty (0 bytes): {file}")
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-    chunks: list[npt.NDArray[np.int16]] = []
+    resampler = MonoResampler()
+    chunks: list[npt.NDArray[np.float32]] = []
     bad_packets = 0
     try:
         with av.open(str(file), mode="r", metadata_errors="ignore") as container:
@@ -159,18 +200,17 @@ def decode_audio_file(path: str | Path) -> npt.NDArray[np.float32]:
                 except av.error.InvalidDataError:
                     bad_packets += 1  # a corrupt packet mid-stream; keep the rest
                     continue
-                for frame in frames:
-                    chunks.extend(_mono_s16(r) for r in resampler.resample(frame))
-            chunks.extend(_mono_s16(r) for r in resampler.resample(None))
+                chunks.extend(resampler.resample(frame) for frame in frames)
+            chunks.append(resampler.flush())
     except av.error.InvalidDataError as exc:
         raise MediaError(f"not a decodable audio file: {file} ({exc})") from exc
     except av.FFmpegError as exc:
         raise MediaError(f"cannot decode audio file {file}: {exc}") from exc
     if bad_packets:
         logger.warning("skipped %d undecodable audio packets in %s", bad_packets, file)
-    if not chunks:
+    samples = np.concatenate(chunks)
+    if samples.shape[0] == 0:
         raise MediaError(f"audio track has no decodable samples: {file}")
-    samples = np.concatenate(chunks).astype(np.float32) / 32768.0
     return samples
 
 
