@@ -120,6 +120,37 @@ class SpeechSettings(_Section):
     max_queued_sentences: int = Field(16, ge=1, le=1000)
 
 
+class ListeningSettings(_Section):
+    """Voice questions (:mod:`lavia_live.server.listener`): the client's microphone track is
+    cut into utterances by the Silero VAD and transcribed by one shared faster-whisper worker;
+    each final transcript is answered as a typed question."""
+
+    enabled: bool = Field(True, description="transcribe the audio clients send")
+    model: str = Field(
+        "embedded:tiny.en",
+        min_length=1,
+        description="embedded:tiny.en, a CTranslate2 model folder, or a cached Whisper size name",
+    )
+    device: str = "cpu"
+    compute_type: str = "int8"
+    beam_size: int = Field(1, ge=1, le=10, description="1: greedy decoding, the fastest")
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero speech probability")
+    min_silence_ms: int = Field(500, ge=100, le=5000, description="silence that ends a question")
+    min_speech_ms: int = Field(250, ge=0, le=5000, description="shorter utterances are dropped")
+    speech_pad_ms: int = Field(200, ge=0, le=1000, description="audio kept around the speech")
+    max_utterance_s: float = Field(
+        15.0, ge=1, le=30, description="an utterance this long is cut and transcribed"
+    )
+    partial_interval_s: float = Field(
+        1.0, ge=0, le=30, description="partial transcripts while speaking; 0: none"
+    )
+    gate_while_speaking: bool = Field(
+        False, description="drop the microphone while the assistant speaks (no echo cancelling)"
+    )
+    queue_size: int = Field(8, ge=1, le=1000, description="utterances waiting, all sessions")
+    timeout_s: float = Field(30.0, gt=0, le=300, description="one utterance's recognition")
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     format: Literal["text", "json"] = "text"
@@ -131,4 +162,5 @@ class Settings(_Section):
     engine: EngineSettings = EngineSettings()
     serve: ServeSettings = ServeSettings()
     speech: SpeechSettings = SpeechSettings()
+    listening: ListeningSettings = ListeningSettings()
     logging: LoggingSettings = LoggingSettings()

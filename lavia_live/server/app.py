@@ -3,9 +3,10 @@
 Routes: ``GET /`` (the client page) and ``/client/*`` (its files), ``GET /demo/video.mp4``,
 ``GET /api/tasks``, ``GET /api/config``, ``POST /offer`` (:mod:`.protocol`), ``GET /healthz``
 and ``GET /metrics`` (Prometheus). :class:`LiveServer` owns the sessions, the scheduler that
-shares the engine among them, the thread pool that converts frames, and the speech
-synthesizer with its own thread; :meth:`LiveServer.stop` closes every session before it
-returns.
+shares the engine among them, the thread pool that converts frames, the speech
+synthesizer with its own thread, and for voice questions the one speech recognition worker
+(:class:`RecognitionWorker`) and the thread that runs every session's VAD;
+:meth:`LiveServer.stop` closes every session before it returns.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lavia_live.errors import TaskDefinitionError
 from lavia_live.resources import shipped_path
 from lavia_live.server.assistant import LiveAssistant, LoopOptions
 from lavia_live.server.audio import SpeechTrack
+from lavia_live.server.listener import Listener
 from lavia_live.server.metrics import CONTENT_TYPE, Metrics
 from lavia_live.server.protocol import (
     MAX_OFFER_BYTES,
@@ -39,6 +41,7 @@ from lavia_live.server.protocol import (
     TaskInfo,
     error_body,
 )
+from lavia_live.server.recognizer import RecognitionWorker, whisper_transcriber
 from lavia_live.server.scheduler import Scheduler
 from lavia_live.server.session import Session
 from lavia_live.server.speaker import Speaker
@@ -82,6 +85,15 @@ class LiveServer:
         # eSpeak NG serialises its calls; a cloud engine gets two requests in flight.
         tts_workers = 2 if speech.engine == "openai" else 1
         self._tts = ThreadPoolExecutor(max_workers=tts_workers, thread_name_prefix="lavia-tts")
+        listening = settings.listening
+        self.recognizer: RecognitionWorker | None = None
+        if listening.enabled:
+            transcribe, load = whisper_transcriber(listening)
+            self.recognizer = RecognitionWorker(
+                transcribe, queue_size=listening.queue_size, timeout_s=listening.timeout_s,
+                load=load,
+            )  # fmt: skip
+        self._vad: ThreadPoolExecutor | None = None  # every session's VAD, while started
         self._runner: web.AppRunner | None = None
         self.url = ""
         self._client = shipped_path("client")
@@ -104,7 +116,11 @@ class LiveServer:
     async def start(
         self, host: str = "127.0.0.1", port: int = 8080, ssl_context: ssl.SSLContext | None = None
     ) -> str:
-        """Listen (port 0: any free port); returns the URL to open."""
+        """Listen (port 0: any free port); returns the URL to open. The speech recognition
+        model is loaded first (:class:`~lavia_live.errors.SpeechError` when it cannot be)."""
+        if self.recognizer is not None:
+            await self.recognizer.start()
+            self._vad = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lavia-vad")
         self.scheduler.start()
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -124,11 +140,16 @@ class LiveServer:
         if closing:
             await asyncio.wait(closing)
         await self.scheduler.aclose()
+        if self.recognizer is not None:
+            await self.recognizer.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         self._executor.shutdown(wait=True)
         self._tts.shutdown(wait=True)
+        if self._vad is not None:
+            self._vad.shutdown(wait=True)
+            self._vad = None
         if self.synthesizer is not None:
             self.synthesizer.close()
 
@@ -157,6 +178,20 @@ class LiveServer:
             session.send,
             session.assistant.report,
             self.settings.speech,
+        )
+
+    def _listener(self, session: Session) -> Listener:
+        assert self.recognizer is not None and self._vad is not None
+        return Listener(
+            session.sid,
+            self.settings.listening,
+            self.recognizer,
+            self._vad,
+            session.send,
+            session.assistant.ask,
+            session.assistant.report,
+            gated=session.assistant_speaking,
+            metrics=self.metrics,
         )
 
     def _closed(self, session: Session) -> None:
@@ -211,6 +246,7 @@ class LiveServer:
             self._assistant,
             self._closed,
             self._speaker if self.synthesizer is not None else None,
+            self._listener if self.recognizer is not None else None,
         )
         self.sessions[sid] = session
         self.metrics.sessions.set(len(self.sessions))

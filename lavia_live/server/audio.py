@@ -61,6 +61,7 @@ class SpeechTrack(MediaStreamTrack):
         self._pts = 0
         self.frames_sent = 0
         self.speech_frames_sent = 0
+        self.voiced_at = -float("inf")  # monotonic time the last frame with speech went out
 
     @property
     def pending(self) -> int:
@@ -70,6 +71,10 @@ class SpeechTrack(MediaStreamTrack):
     @property
     def speaking(self) -> bool:
         return bool(self._queue) and self._queue[0].started
+
+    def voiced_within(self, seconds: float) -> bool:
+        """Speech is playing, or the last of it went out less than ``seconds`` ago."""
+        return self.speaking or time.monotonic() - self.voiced_at < seconds
 
     def play(
         self,
@@ -143,4 +148,5 @@ class SpeechTrack(MediaStreamTrack):
                 self.changed.set()
         if filled:
             self.speech_frames_sent += 1
+            self.voiced_at = time.monotonic()
         return out

@@ -44,6 +44,18 @@ class Metrics:
             "lavia_unparsed_answers", "model answers the guidance parser could not read", registry=r
         )
         self.questions = Counter("lavia_questions", "questions asked", registry=r)
+        self.utterances = Counter(
+            "lavia_utterances",
+            "utterances heard by outcome (question, empty, dropped, error)",
+            ["outcome"],
+            registry=r,
+        )
+        self.recognition_latency = Histogram(
+            "lavia_recognition_latency_seconds",
+            "end of an utterance to its final transcript (queue and recognition)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.errors = Counter("lavia_errors", "errors by code", ["code"], registry=r)
 
     def exposition(self) -> bytes:

@@ -141,6 +141,14 @@ class SpeechInfo(_Wire):
     muted: bool
 
 
+class ListeningInfo(_Wire):
+    """The session listens to the audio the client sends; in ``hello`` when it does."""
+
+    model: str  # the speech recogniser
+    max_utterance_s: float  # an utterance this long is cut and transcribed
+    gate_while_speaking: bool  # the microphone is not heard while the assistant speaks
+
+
 class HelloEvent(_Wire):
     type: Literal["hello"] = "hello"
     protocol: int = PROTOCOL_VERSION
@@ -148,6 +156,7 @@ class HelloEvent(_Wire):
     task: TaskInfo
     engine: str
     speech: SpeechInfo | None = None  # None: no audio track (none offered, or speech off)
+    listening: ListeningInfo | None = None  # None: no audio sent, or listening off
 
 
 class TaskEvent(_Wire):
@@ -196,6 +205,19 @@ class SpeechEvent(_Wire):
     id: str | None = None  # the question an answer's sentence belongs to
 
 
+class TranscriptEvent(_Wire):
+    """What the person said into the microphone: partial while they speak, then final at the
+    end of the utterance. A final with text is answered as a question with the same ``id``."""
+
+    type: Literal["transcript"] = "transcript"
+    id: str  # the utterance; the answer to it comes with this id
+    final: bool
+    text: str  # final and empty: nothing was recognised (no question is asked)
+    audio_s: float  # seconds of speech transcribed
+    ended: Literal["silence", "max_length", "ended"] | None = None  # final: how it ended
+    latency_ms: float | None = None  # final: from the end of the utterance to this event
+
+
 class ErrorEvent(_Wire):
     type: Literal["error"] = "error"
     code: str
@@ -204,5 +226,12 @@ class ErrorEvent(_Wire):
 
 
 ServerEvent = (
-    HelloEvent | TaskEvent | GuidanceEvent | AnswerEvent | StateEvent | SpeechEvent | ErrorEvent
+    HelloEvent
+    | TaskEvent
+    | GuidanceEvent
+    | AnswerEvent
+    | StateEvent
+    | SpeechEvent
+    | TranscriptEvent
+    | ErrorEvent
 )

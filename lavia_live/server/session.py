@@ -1,9 +1,10 @@
 """One live session: a browser's peer connection, its video in, its events and voice out.
 
 The session owns everything it starts: the peer connection, the task reading its video
-track (and one draining any audio track, so nothing queues up unread), the ``state``
-ticker, a watchdog and, when the client receives audio, the :class:`Speaker` with its
-outgoing :class:`SpeechTrack`. :meth:`Session.close` ends all of them, whatever ends the
+track, the :class:`Listener` of the first audio track the client sends (voice questions;
+any other track is drained, so nothing queues up unread), the ``state`` ticker, a watchdog
+and, when the client receives audio, the :class:`Speaker` with its outgoing
+:class:`SpeechTrack`. :meth:`Session.close` ends all of them, whatever ends the
 session: the client leaving, ICE failing, the video stopping, the server shutting down.
 """
 
@@ -29,6 +30,7 @@ from lavia_live.config.settings import ServeSettings
 from lavia_live.contract.tasks import TaskContext, TaskLibrary
 from lavia_live.errors import TaskDefinitionError
 from lavia_live.server.assistant import LiveAssistant
+from lavia_live.server.listener import Listener
 from lavia_live.server.protocol import (
     CHANNEL_LABEL,
     ErrorEvent,
@@ -48,6 +50,7 @@ from lavia_live.server.speaker import Speaker
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
+ECHO_TAIL_S = 0.3  # the assistant's voice may still be heard this long after it stops
 MAX_BUFFERED_BYTES = 1 << 20  # a client this far behind gets no more state events
 
 
@@ -71,6 +74,7 @@ class Session:
         make_assistant: Callable[[Session, TaskContext], LiveAssistant],
         on_closed: Callable[[Session], None],
         make_speaker: Callable[[Session], Speaker] | None = None,
+        make_listener: Callable[[Session], Listener] | None = None,
     ) -> None:
         self.sid = sid
         self.settings = settings
@@ -80,6 +84,8 @@ class Session:
         self.assistant = make_assistant(self, task)
         self.speaker: Speaker | None = None
         self._make_speaker = make_speaker
+        self.listener: Listener | None = None
+        self._make_listener = make_listener
         self._on_closed = on_closed
         self._tasks: set[asyncio.Task[None]] = set()
         self._video = False
@@ -141,6 +147,8 @@ class Session:
         if self.speaker is not None:
             self.speaker.stop()
             self.speaker.track.stop()
+        if self.listener is not None:
+            self.listener.close()
         await self.assistant.close()
         try:
             await asyncio.wait_for(self.pc.close(), CLOSE_TIMEOUT_S)
@@ -173,8 +181,22 @@ class Session:
         if track.kind == "video" and not self._video:
             self._video = True
             self._spawn(self._read_video(track), "video")
-        else:  # audio (voice is not served yet) or a second video: read and discard
+        elif track.kind == "audio" and self.listener is None and self._make_listener:
+            listener = self.listener = self._make_listener(self)
+            listener.on_speech_start = self._on_speech_start
+            self._spawn(listener.run(track), "listen")
+        else:  # a second audio or video track, or listening is off: read and discard
             self._spawn(self._drain(track), "drain")
+
+    def assistant_speaking(self) -> bool:
+        """The assistant's voice is playing or has just stopped (it may still echo)."""
+        speaker = self.speaker
+        return speaker is not None and speaker.track.voiced_within(ECHO_TAIL_S)
+
+    def _on_speech_start(self, utterance_id: str) -> None:
+        """The person started speaking. Barge-in (stopping the assistant's voice and the
+        rest of its answer) belongs here."""
+        log.debug("voice %s started", utterance_id, extra={"session": self.sid})
 
     async def _read_video(self, track: MediaStreamTrack) -> None:
         timeout = self.settings.idle_timeout_s
@@ -228,6 +250,7 @@ class Session:
                 task=TaskInfo.of(self.task),
                 engine=self.assistant.engine.name,
                 speech=self.speaker.info() if self.speaker is not None else None,
+                listening=self.listener.info() if self.listener is not None else None,
             )
         )
 
