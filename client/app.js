@@ -1,7 +1,8 @@
 // LaViA Live browser client: sends a camera (or the demo video) to the server over WebRTC
 // and shows the guidance, answers and state events that come back on the `lavia` data
 // channel; plays the assistant's voice from the audio track it receives (or speaks with the
-// browser's own speech synthesis instead). Plain ES module, standard APIs only, no build step. Protocol version 1 (see the
+// browser's own speech synthesis instead); sends the microphone, when the person turns it on,
+// for voice questions (hands-free: the server finds where a question ends). Plain ES module, standard APIs only, no build step. Protocol version 1 (see the
 // README): POST /offer with a complete (non-trickle) SDP offer, JSON events on the channel.
 
 const PROTOCOL = 1;
@@ -19,6 +20,8 @@ const TOKEN_KEY = "lavia.token";
 const SPEECH_KEY = "lavia.speech";
 const NORMAL_WPM = 160; // the browser's rate 1.0
 const MAX_SPEECH_LOG = 100;
+// The microphone: the browser's own echo cancelling keeps the assistant's voice out of it.
+const MIC_CONSTRAINTS = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
 const DEFAULT_CAPTURE = { width: 640, height: 480, frame_rate: 5, max_bitrate_kbps: 300 };
 
 const $ = (id) => document.getElementById(id);
@@ -61,6 +64,9 @@ const ui = {
   speechRateValue: $("speech-rate-value"),
   speechCaption: $("speech-caption"),
   speechAudio: $("speech-audio"),
+  mic: $("mic"),
+  micLevel: $("mic-level"),
+  micTranscript: $("mic-transcript"),
 };
 
 const app = {
@@ -72,6 +78,10 @@ const app = {
   pc: null,
   dc: null,
   sender: null,
+  micSender: null, // the audio transceiver's sender: the microphone track, or none
+  mic: null, // {stream, track, stop()} while the microphone is on
+  listening: null, // hello.listening: {model, max_utterance_s, gate_while_speaking} or null
+  transcripts: [], // transcript events received, for tests
   generation: 0, // bumped on every teardown: events of an old peer are ignored
   retryDelay: RETRY_FIRST_MS,
   retryTimer: null,
@@ -101,6 +111,7 @@ class ServerError extends Error {
 async function init() {
   wireEvents();
   initSpeech();
+  initMic();
   ui.token.value = readToken();
   try {
     const [config, library] = await Promise.all([getJson("/api/config"), getJson("/api/tasks")]);
@@ -237,6 +248,7 @@ function stop() {
   app.retryTimer = null;
   teardownPeer();
   closeSource();
+  micOff();
   app.session = null;
   delete ui.connection.dataset.session;
   setConnection("stopped");
@@ -275,6 +287,7 @@ function updateButtons() {
   ui.question.disabled = !canTalk;
   ui.askButton.disabled = !canTalk;
   ui.reset.disabled = !canTalk;
+  ui.mic.disabled = !app.running && !app.mic;
 }
 
 // ---------------------------------------------------------------- video sources
@@ -443,8 +456,11 @@ function openPeer(stale) {
     sendEncodings: [{ maxBitrate: capture.max_bitrate_kbps * 1000 }],
   });
   app.sender = transceiver.sender;
-  // The assistant's voice comes back on an audio track we only receive.
-  pc.addTransceiver("audio", { direction: "recvonly" });
+  // One audio transceiver both ways: the assistant's voice comes back on it, and it sends
+  // the microphone while it is on (replaceTrack, no new offer). The video source never
+  // sends audio of its own: the demo video's narration must not become a question.
+  const audio = pc.addTransceiver(app.mic?.track ?? "audio", { direction: "sendrecv" });
+  app.micSender = audio.sender;
   pc.addEventListener("track", (event) => {
     if (!stale() && event.track.kind === "audio") playVoice(event.track);
   });
@@ -582,6 +598,7 @@ function teardownPeer() {
   app.dc = null;
   app.pc = null;
   app.sender = null;
+  app.micSender = null;
   updateButtons();
 }
 
@@ -613,6 +630,8 @@ function onMessage(data) {
       return onState(msg);
     case "speech":
       return onSpeech(msg);
+    case "transcript":
+      return onTranscript(msg);
     case "error":
       return onServerEvent(msg);
     default:
@@ -642,6 +661,8 @@ function onHello(msg) {
   if (!sameTask) clearGuidance("Watching… the first guidance comes after a few seconds.");
   else renderChecklist();
   app.serverSpeech = msg.speech ?? null;
+  app.listening = msg.listening ?? null;
+  if (app.mic && !app.listening) showMicText("The server is not listening: type your question.", "idle");
   fillVoices();
   sendSpeechSettings();
 }
@@ -863,6 +884,136 @@ function saveSpeech() {
   }
 }
 
+// ---------------------------------------------------------------- microphone
+
+function initMic() {
+  ui.mic.addEventListener("click", () => {
+    if (app.mic) micOff();
+    else micOn();
+  });
+}
+
+async function micOn() {
+  if (app.mic) return;
+  if (!navigator.mediaDevices?.getUserMedia) {
+    showError("The microphone needs a secure page (https:// or localhost).");
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: MIC_CONSTRAINTS, video: false });
+  } catch (err) {
+    showError(describeMicError(err));
+    return;
+  }
+  const track = stream.getAudioTracks()[0];
+  const meter = levelMeter(stream);
+  app.mic = {
+    stream,
+    track,
+    stop: () => {
+      meter.stop();
+      stream.getTracks().forEach((t) => t.stop());
+    },
+  };
+  track.addEventListener("ended", () => {
+    if (app.mic?.track !== track) return;
+    micOff();
+    showError("The microphone stopped (was it unplugged or taken by another app?).");
+  });
+  renderMic();
+  showMicText(app.listening || !app.live ? "Listening…" : "The server is not listening.", "idle");
+  if (app.micSender) {
+    try {
+      await app.micSender.replaceTrack(track);
+    } catch {
+      scheduleReconnect("the microphone needs a new connection");
+    }
+  }
+}
+
+function micOff() {
+  const mic = app.mic;
+  if (!mic) return;
+  app.mic = null;
+  if (app.micSender) app.micSender.replaceTrack(null).catch(() => {});
+  mic.stop();
+  renderMic();
+  showMicText("", "idle");
+}
+
+function renderMic() {
+  const on = Boolean(app.mic);
+  ui.mic.setAttribute("aria-pressed", String(on));
+  ui.mic.textContent = on ? "Mic on" : "Mic off";
+  ui.micLevel.hidden = !on;
+  updateButtons();
+}
+
+// The microphone's level while it is on: the RMS of what the browser captures, once a frame.
+function levelMeter(stream) {
+  const Context = window.AudioContext || window.webkitAudioContext;
+  if (!Context) return { stop() {} };
+  const context = new Context();
+  const analyser = context.createAnalyser();
+  analyser.fftSize = 1024;
+  context.createMediaStreamSource(stream).connect(analyser);
+  const samples = new Float32Array(analyser.fftSize);
+  let frame = 0;
+  const draw = () => {
+    analyser.getFloatTimeDomainData(samples);
+    let sum = 0;
+    for (const v of samples) sum += v * v;
+    ui.micLevel.value = Math.min(1, Math.sqrt(sum / samples.length) * 4);
+    frame = requestAnimationFrame(draw);
+  };
+  draw();
+  return {
+    stop() {
+      cancelAnimationFrame(frame);
+      ui.micLevel.value = 0;
+      context.close().catch(() => {});
+    },
+  };
+}
+
+// What the server heard: partial while the person speaks, then final (asked as a question
+// with the same id, so its answer lands in the same entry).
+function onTranscript(msg) {
+  app.transcripts.push({ id: msg.id, final: msg.final, text: msg.text });
+  if (app.transcripts.length > MAX_SPEECH_LOG) app.transcripts.shift();
+  if (!msg.final) {
+    showMicText(msg.text, "partial");
+  } else if (msg.text) {
+    showMicText(msg.text, "final");
+    if (!app.answers.has(msg.id)) addAnswer(msg.id, msg.text);
+  } else {
+    showMicText(app.mic ? "Listening…" : "", "idle");
+  }
+}
+
+function showMicText(text, state) {
+  ui.micTranscript.textContent = text;
+  ui.micTranscript.dataset.state = state;
+}
+
+function describeMicError(err) {
+  switch (err?.name) {
+    case "NotAllowedError":
+      return "Microphone access was blocked. Allow it for this page in the browser, or type your question.";
+    case "NotFoundError":
+    case "OverconstrainedError":
+      return "No microphone was found. Connect one, or type your question.";
+    case "NotReadableError":
+    case "AbortError":
+      return "The microphone could not be started (another app may be using it).";
+    case "SecurityError":
+      return "The microphone needs a secure page: open it over https:// (or on localhost).";
+    default:
+      return `The microphone could not be started: ${err?.message || err}`;
+  }
+}
+
 // ---------------------------------------------------------------- questions
 
 function askQuestion() {
@@ -1073,6 +1224,10 @@ window.laviaLive = {
   // Speech events received and texts given to the browser's speech synthesis, oldest first.
   speechLog() {
     return app.speechLog.slice();
+  },
+  // Transcript events received (what the server heard from the microphone), oldest first.
+  transcripts() {
+    return app.transcripts.slice();
   },
   // The received voice's WebRTC statistics (inbound-rtp audio), or null.
   async audioStats() {

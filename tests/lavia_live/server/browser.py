@@ -87,10 +87,13 @@ async def chromium(
     profile: Path,
     *,
     fake_video: Path | None = None,
+    fake_audio: Path | None = None,
     viewport: tuple[int, int] = (1280, 900),
 ) -> AsyncIterator[BrowserContext]:
     """Headless Chromium with a fake camera (``fake_video``, else Chromium's test pattern)
-    that is allowed without asking, WebRTC over loopback, and autoplay."""
+    and a fake microphone (``fake_audio``, a WAV played once from when the page opens it,
+    else Chromium's beeps) that are allowed without asking, WebRTC over loopback, and
+    autoplay."""
     if not CHROMIUM.is_file():
         raise FileNotFoundError(f"{CHROMIUM} is missing: apt-get install chromium")
     args = [
@@ -103,6 +106,8 @@ async def chromium(
     ]
     if fake_video is not None:
         args.append(f"--use-file-for-fake-video-capture={fake_video}")
+    if fake_audio is not None:
+        args.append(f"--use-file-for-fake-audio-capture={fake_audio}%noloop")
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
             user_data_dir=str(profile),

@@ -5,11 +5,16 @@ server. Every wait is on a page or server condition with a deadline."""
 from __future__ import annotations
 
 import asyncio
+import re
+import wave
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from playwright.async_api import Page
 
+from lavia_live.speech.synthesis import resample
+from lavia_live.speech.tts import synthesize
 from tests.lavia_live.server.browser import DEADLINE_S, chromium, wait_for_page, wait_until
 from tests.lavia_live.server.test_browser import STATE, open_page, sessions_end, shot
 
@@ -110,4 +115,70 @@ async def test_the_page_speaks_and_its_voice_controls_reach_the_server(
         assert await page.is_checked("#speech-browser")
         assert await page.input_value("#speech-rate") == "200"
         assert not problems, problems
+    await sessions_end(live_server)
+
+
+def spoken_wav(text: str, path: Path) -> Path:
+    """``text`` in eSpeak's voice as a 48 kHz 16-bit mono WAV, with silence around it."""
+    pause = np.zeros(48000, dtype=np.int16)
+    pcm = np.concatenate([pause, resample(synthesize(text), 48000), pause, pause])
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(48000)
+        out.writeframes(pcm.tobytes())
+    return path
+
+
+async def test_the_page_asks_a_spoken_question_with_its_microphone(
+    live_server: Any, tmp_path: Path
+) -> None:
+    name = "voice-question"
+    wav = spoken_wav("How do I remove the drain plug from the engine oil pan?", tmp_path / "q.wav")
+    async with chromium(tmp_path / "profile", fake_audio=wav) as context:
+        page = await context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        await open_page(page, live_server.url)
+        assert await page.get_attribute("#mic", "aria-pressed") == "false"
+        await page.click("#demo")
+        sid = await wait_for_page(
+            page, f"{STATE} === 'live' && document.getElementById('connection').dataset.session"
+        )
+        session = live_server.sessions[sid]
+        listener = session.listener
+        assert listener is not None, "the page's offer sends audio"
+        assert session.speaker is not None, "and receives the voice on the same transceiver"
+        # The demo source sends no audio of its own: nothing is heard before the Mic button.
+        await wait_until(lambda: session.assistant.frames_received > 10, "video flowing")
+        assert listener.frames_received == 0
+        await page.click("#mic")
+        assert await page.get_attribute("#mic", "aria-pressed") == "true"
+        assert await page.is_visible("#mic-level")
+        await wait_until(lambda: listener.frames_received > 50, "microphone audio")
+        final = await page_value(
+            page,
+            "window.laviaLive.transcripts().find(t => t.final && t.text)",
+            "a final transcript",
+        )
+        heard = set(re.findall(r"[a-z]+", final["text"].lower()))
+        assert len(heard & {"remove", "drain", "plug", "engine", "oil", "pan"}) >= 3, final
+        # The question and its answer are shown in the answers list, and the answer is spoken.
+        entry = "document.querySelector('#answers li[data-final]')"
+        await wait_for_page(page, entry)
+        assert (await page.text_content("#answers li[data-final] .q") or "").strip() == final[
+            "text"
+        ]
+        await page_value(
+            page,
+            f"{SPOKEN}.some(e => e.id === {final['id']!r})",
+            "the answer spoken",
+        )
+        await shot(page, name, "answered")
+        # Mic off: the page stops sending; the level meter goes away.
+        await page.click("#mic")
+        assert await page.get_attribute("#mic", "aria-pressed") == "false"
+        assert not await page.is_visible("#mic-level")
+        assert not problems, problems
+        await page.click("#stop")
     await sessions_end(live_server)
