@@ -903,7 +903,7 @@ async function micOn() {
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: MIC_CONSTRAINTS, video: false });
   } catch (err) {
-    showError(describeMicError(err));
+    showError(describeMediaError(err, MIC));
     return;
   }
   const track = stream.getAudioTracks()[0];
@@ -995,23 +995,6 @@ function onTranscript(msg) {
 function showMicText(text, state) {
   ui.micTranscript.textContent = text;
   ui.micTranscript.dataset.state = state;
-}
-
-function describeMicError(err) {
-  switch (err?.name) {
-    case "NotAllowedError":
-      return "Microphone access was blocked. Allow it for this page in the browser, or type your question.";
-    case "NotFoundError":
-    case "OverconstrainedError":
-      return "No microphone was found. Connect one, or type your question.";
-    case "NotReadableError":
-    case "AbortError":
-      return "The microphone could not be started (another app may be using it).";
-    case "SecurityError":
-      return "The microphone needs a secure page: open it over https:// (or on localhost).";
-    default:
-      return `The microphone could not be started: ${err?.message || err}`;
-  }
 }
 
 // ---------------------------------------------------------------- questions
@@ -1180,22 +1163,29 @@ function describeOfferError(err) {
   }
 }
 
-function describeMediaError(err) {
+// What the person can do instead, by device: the camera (the demo video) or the microphone.
+const CAMERA = { name: "camera", Name: "Camera", instead: "try the demo video" };
+const MIC = { name: "microphone", Name: "Microphone", instead: "type your question" };
+
+function describeMediaError(err, device = CAMERA) {
+  const { name, Name, instead } = device;
   switch (err?.name) {
     case "NotAllowedError":
-      return "Camera access was blocked. Allow the camera for this page in the browser, or try the demo video.";
+      return `${Name} access was blocked. Allow the ${name} for this page in the browser, or ${instead}.`;
     case "NotFoundError":
     case "OverconstrainedError":
-      return "No camera was found. Connect one, or try the demo video.";
+      return `No ${name} was found. Connect one, or ${instead}.`;
     case "NotReadableError":
     case "AbortError":
-      return "The camera could not be started (another app may be using it).";
+      return `The ${name} could not be started (another app may be using it).`;
     case "SecurityError":
-      return "Camera access needs a secure page: open it over https:// (or on localhost), or try the demo video.";
+      return `${Name} access needs a secure page: open it over https:// (or on localhost), or ${instead}.`;
     case "NotSupportedError":
       return "This video could not be played in this browser.";
     default:
-      return `The video source could not be started: ${err?.message || err}`;
+      return device === CAMERA
+        ? `The video source could not be started: ${err?.message || err}`
+        : `The ${name} could not be started: ${err?.message || err}`;
   }
 }
 

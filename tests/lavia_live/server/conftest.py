@@ -92,5 +92,23 @@ def demo_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
     return out / "demo_04242.mp4", truth
 
 
+class NothingLeft:
+    """Made before a test starts its servers: :meth:`check`, after they stopped, waits until
+    every task and thread they started is gone (asyncio's own executor threads aside)."""
+
+    def __init__(self) -> None:
+        self.threads = {t.ident for t in threading.enumerate()}
+        self.tasks = len(asyncio.all_tasks())
+
+    async def check(self, timeout: float = 20.0) -> None:
+        await wait_for(lambda: len(asyncio.all_tasks()) <= self.tasks, timeout, "no task left")
+        pool = {t.ident for t in threading.enumerate() if t.name.startswith("asyncio_")}
+        await wait_for(
+            lambda: {t.ident for t in threading.enumerate()} <= self.threads | pool,
+            timeout,
+            "no thread left",
+        )
+
+
 def thread_names() -> Iterator[str]:
     return (t.name for t in threading.enumerate())

@@ -32,6 +32,15 @@ async def page_value(page: Page, expression: str, what: str) -> Any:
     return value
 
 
+async def start_demo(page: Page, server: Any) -> Any:
+    """Press *Try the demo video*; the server's session once the page is live."""
+    await page.click("#demo")
+    sid = await wait_for_page(
+        page, f"{STATE} === 'live' && document.getElementById('connection').dataset.session"
+    )
+    return server.sessions[sid]
+
+
 async def test_the_page_speaks_and_its_voice_controls_reach_the_server(
     live_server: Any, tmp_path: Path
 ) -> None:
@@ -43,11 +52,7 @@ async def test_the_page_speaks_and_its_voice_controls_reach_the_server(
         await open_page(page, live_server.url)
         assert await page.is_visible("#speech-mute")
         assert await page.get_attribute("#speech-mute", "aria-pressed") == "false"
-        await page.click("#demo")
-        sid = await wait_for_page(
-            page, f"{STATE} === 'live' && document.getElementById('connection').dataset.session"
-        )
-        session = live_server.sessions[sid]
+        session = await start_demo(page, live_server)
         speaker = session.speaker
         assert speaker is not None, "the page's offer receives audio"
         # The server's voices are offered; the audio element plays the received track.
@@ -141,19 +146,15 @@ async def test_the_page_asks_a_spoken_question_with_its_microphone(
         page.on("pageerror", lambda exc: problems.append(str(exc)))
         await open_page(page, live_server.url)
         assert await page.get_attribute("#mic", "aria-pressed") == "false"
-        await page.click("#demo")
-        sid = await wait_for_page(
-            page, f"{STATE} === 'live' && document.getElementById('connection').dataset.session"
-        )
-        session = live_server.sessions[sid]
+        session = await start_demo(page, live_server)
         listener = session.listener
         assert listener is not None, "the page's offer sends audio"
         assert session.speaker is not None, "and receives the voice on the same transceiver"
         # The demo source sends no audio of its own: nothing is heard before the Mic button.
         await wait_until(lambda: session.assistant.frames_received > 10, "video flowing")
         assert listener.frames_received == 0
-        await page.click("#mic")
-        assert await page.get_attribute("#mic", "aria-pressed") == "true"
+        await page.click("#mic")  # the microphone opens asynchronously
+        await wait_for_page(page, "document.getElementById('mic').ariaPressed === 'true'")
         assert await page.is_visible("#mic-level")
         await wait_until(lambda: listener.frames_received > 50, "microphone audio")
         final = await page_value(

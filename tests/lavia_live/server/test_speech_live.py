@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from aiortc.mediastreams import MediaStreamError
 from lavia_live.config import Settings
 from lavia_live.server.app import LiveServer
 from lavia_live.speech.asr import TranscriptionOptions, transcribe_pcm
-from tests.lavia_live.server.conftest import running_server, wait_for
+from tests.lavia_live.server.conftest import NothingLeft, running_server, wait_for
 from tests.lavia_live.server.test_live import Client
 from tests.openai_server import OpenAIServer
 
@@ -166,8 +165,7 @@ async def test_openai_tts_voice_over_webrtc(
 async def test_speech_controls_and_clients_without_audio(
     demo_video: tuple[Path, dict[str, Any]],
 ) -> None:
-    threads_before = {t.ident for t in threading.enumerate()}
-    tasks_before = len(asyncio.all_tasks())
+    left = NothingLeft()
     async with running_server(Settings()) as server:
         plain = await Client(server, demo_video[0]).connect()
         voice = await VoiceClient(server, demo_video[0]).connect()
@@ -211,10 +209,4 @@ async def test_speech_controls_and_clients_without_audio(
             await mic.close()
         await wait_for(lambda: not server.sessions, 20, "sessions closed")
     # Nothing the voice started is left: no task, no TTS thread.
-    await wait_for(lambda: len(asyncio.all_tasks()) <= tasks_before, 20, "no task left")
-    asyncio_pool = {t.ident for t in threading.enumerate() if t.name.startswith("asyncio_")}
-    await wait_for(
-        lambda: {t.ident for t in threading.enumerate()} <= threads_before | asyncio_pool,
-        20,
-        "no thread left",
-    )
+    await left.check()

@@ -5,9 +5,7 @@ client receives partial and final ``transcript`` events, then the answer, and he
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from lavia_live.server.audio import SAMPLE_RATE, SpeechTrack
 from lavia_live.speech.asr import decode_audio_file
 from lavia_live.speech.synthesis import resample
 from lavia_live.speech.tts import SpeechAudio, synthesize
-from tests.lavia_live.server.conftest import running_server, wait_for
+from tests.lavia_live.server.conftest import NothingLeft, running_server, wait_for
 from tests.lavia_live.server.test_live import Client
 
 QUESTION = "How do I remove the drain plug from the engine oil pan?"
@@ -140,8 +138,7 @@ async def test_jfk_sent_as_webrtc_audio_comes_back_as_its_sentence(
     audio = decode_audio_file(bundled_data / "jfk.flac")  # 16 kHz float
     pcm16 = np.clip(audio * 32768.0, -32768, 32767).astype(np.int16)
     pcm48 = resample(SpeechAudio(pcm16, 16000), SAMPLE_RATE)
-    threads_before = {t.ident for t in threading.enumerate()}
-    tasks_before = len(asyncio.all_tasks())
+    left = NothingLeft()
     # Its pauses between phrases are up to 0.7 s: a longer end-of-question silence keeps
     # the sentence in one utterance.
     async with running_server(voice_settings(min_silence_ms=1200)) as server:
@@ -160,10 +157,4 @@ async def test_jfk_sent_as_webrtc_audio_comes_back_as_its_sentence(
             await client.close()
         await wait_for(lambda: not server.sessions, 20, "session closed")
     # Nothing the listening started is left: no task, no VAD or recognition thread.
-    await wait_for(lambda: len(asyncio.all_tasks()) <= tasks_before, 20, "no task left")
-    asyncio_pool = {t.ident for t in threading.enumerate() if t.name.startswith("asyncio_")}
-    await wait_for(
-        lambda: {t.ident for t in threading.enumerate()} <= threads_before | asyncio_pool,
-        20,
-        "no thread left",
-    )
+    await left.check()
