@@ -153,6 +153,8 @@ def _cmd_eval_live(args: argparse.Namespace, settings: PipelineSettings) -> int:
         api_key_env=args.api_key_env,
         device=args.device,
         cpu_threads=settings.engine.cpu_threads,
+        steps_only=settings.engine.steps_only,
+        beams=settings.engine.beams,
     )
     result = asyncio.run(
         evaluate_live(
@@ -193,7 +195,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.live:
         return _cmd_eval_live(args, settings)
     engine = open_engine(
-        args.model, api_model=args.api_model, api_key_env=args.api_key_env, device=args.device
+        args.model,
+        api_model=args.api_model,
+        api_key_env=args.api_key_env,
+        device=args.device,
+        steps_only=settings.engine.steps_only,
+        beams=settings.engine.beams,
     )
     result = asyncio.run(
         evaluate(

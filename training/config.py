@@ -130,6 +130,13 @@ class TrainSettings(_Section):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     max_grad_norm: float = Field(1.0, gt=0)
+    first_token_weight: float = Field(
+        1.0,
+        ge=1,
+        description="loss weight of each answer's first token, which decides the kind of "
+        "answer (a step, a count, a yes or no); >1 when the model must learn to read the "
+        "question",
+    )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 on a GPU that has it, else fp32"
     )

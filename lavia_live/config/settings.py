@@ -64,6 +64,14 @@ class EngineSettings(_Section):
         0, ge=0, le=256, description="model requests in flight across sessions; 0: per engine"
     )
     max_tokens: int = Field(96, ge=8, le=4096)
+    steps_only: bool = Field(
+        True,
+        description="an in-process model's guidance names only the task's steps "
+        "(decoding constrained to the step list)",
+    )
+    beams: int = Field(
+        1, ge=1, le=16, description="beam width of that guidance decoding; 1: greedy"
+    )
     frame_max_side: int | None = Field(
         None, ge=32, le=4096, description="frame size sent to the model; null: the engine's"
     )
@@ -146,6 +154,9 @@ class ListeningSettings(_Section):
     )
     gate_while_speaking: bool = Field(
         False, description="drop the microphone while the assistant speaks (no echo cancelling)"
+    )
+    barge_in: bool = Field(
+        True, description="the person's voice stops the assistant's (push-to-talk always does)"
     )
     queue_size: int = Field(8, ge=1, le=1000, description="utterances waiting, all sessions")
     timeout_s: float = Field(30.0, gt=0, le=300, description="one utterance's recognition")

@@ -51,6 +51,23 @@ class Prompt:
     def n_images(self) -> int:
         return sum(isinstance(p, ImagePart) for p in self.parts)
 
+    def task_steps(self) -> tuple[str, ...]:
+        """The task's steps as this prompt lists them (:func:`task_context_text`); empty
+        when it lists none. Engines use them to keep guidance within the task."""
+        first = self.parts[0] if self.parts else None
+        if not isinstance(first, TextPart):
+            return ()
+        lines = first.text.split("\n")
+        if "Steps:" not in lines:
+            return ()
+        steps: list[str] = []
+        for number, line in enumerate(lines[lines.index("Steps:") + 1 :], start=1):
+            label = f"{number}. "
+            if not line.startswith(label):
+                break
+            steps.append(line[len(label) :])
+        return tuple(steps)
+
     def openai_messages(
         self, image_urls: Sequence[str], detail: str | None = None
     ) -> list[dict[str, Any]]:

@@ -28,10 +28,13 @@ def open_engine(
     api_key_env: str = "OPENAI_API_KEY",
     device: str = "cpu",
     cpu_threads: int = 0,
+    steps_only: bool = True,
+    beams: int = 1,
 ) -> Engine:
     """The engine ``spec`` names (see the module docstring); :class:`EngineError` if it
     cannot be opened (no such folder, no API key, a model that does not load).
-    ``cpu_threads`` > 0 sets torch's CPU threads (process-wide) for an in-process model."""
+    ``cpu_threads`` > 0 sets torch's CPU threads (process-wide) for an in-process model;
+    ``steps_only`` and ``beams`` are its guidance decoding (:class:`LocalEngine`)."""
     if not spec:
         raise EngineError("no engine given: use 'embedded', a model folder, openai:MODEL or a URL")
     if spec.startswith(("http://", "https://")):
@@ -50,7 +53,9 @@ def open_engine(
             f"engine '{spec}': no such model folder (expected 'embedded', a model folder, "
             "openai:MODEL or an http(s) URL)"
         )
-    return LocalEngine(folder, device=device, cpu_threads=cpu_threads)
+    return LocalEngine(
+        folder, device=device, cpu_threads=cpu_threads, steps_only=steps_only, beams=beams
+    )
 
 
 def frame_max_side(spec: str) -> int:

@@ -17,14 +17,16 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import TextIteratorStreamer
+from transformers import LogitsProcessorList, TextIteratorStreamer
 
 from lavia_live.contract.prompt import Prompt
 from lavia_live.engines.base import EngineError, GenerationOptions
+from lavia_live.engines.step_choice import StepLines, StepLinesProcessor
 from lavia_live.errors import LaviaError
 from lavia_live.models.families import LoadedModel, encode, end_of_turn_id, load_model
 
 _DONE = object()
+_STEP_LINES_CACHE = 32  # tasks whose step lines are kept
 
 
 def decode_frames(frames_jpeg: Sequence[bytes]) -> list[Image.Image]:
@@ -39,9 +41,22 @@ def decode_frames(frames_jpeg: Sequence[bytes]) -> list[Image.Image]:
 
 
 class LocalEngine:
+    """``steps_only``: guidance names only the steps the prompt lists, chosen by beam search
+    over ``beams`` lines (:mod:`lavia_live.engines.step_choice`); such an answer arrives in
+    one piece. Answers to questions always stream."""
+
     def __init__(
-        self, path: str | Path, *, device: str = "cpu", dtype: str = "auto", cpu_threads: int = 0
+        self,
+        path: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+        cpu_threads: int = 0,
+        steps_only: bool = True,
+        beams: int = 4,
     ) -> None:
+        if beams < 1:
+            raise EngineError(f"beams must be at least 1, got {beams}")
         if cpu_threads > 0:
             # Process-wide. Beside live video work, one thread beats torch's one per core:
             # its threads wait on each other whenever another thread takes a core (10x slower
@@ -54,31 +69,77 @@ class LocalEngine:
         self.name = f"local:{Path(path).name}"
         self.max_concurrency = 1
         self.device = device
+        self.steps_only = steps_only
+        self.beams = beams
+        self._step_lines: dict[tuple[str, ...], StepLines] = {}
         self._lock = asyncio.Lock()
 
     async def aclose(self) -> None:
         return None
 
-    def _start(
+    def _constrained(self, prompt: Prompt) -> StepLines | None:
+        """The step lines a guidance answer is held to; None: unconstrained."""
+        steps = prompt.task_steps() if self.steps_only and prompt.kind == "guidance" else ()
+        if not steps:
+            return None
+        if steps not in self._step_lines:
+            if len(self._step_lines) >= _STEP_LINES_CACHE:
+                self._step_lines.pop(next(iter(self._step_lines)))
+            self._step_lines[steps] = StepLines(self.loaded.processor.tokenizer, steps)
+        return self._step_lines[steps]
+
+    def _generate_kwargs(
         self, prompt: Prompt, frames_jpeg: Sequence[bytes], options: GenerationOptions
-    ) -> tuple[TextIteratorStreamer, threading.Thread, list[Exception]]:
+    ) -> dict[str, Any]:
         loaded = self.loaded
         encoded = encode(loaded, loaded.family, prompt, decode_frames(frames_jpeg)).to(self.device)
         tokenizer = loaded.processor.tokenizer
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": options.temperature}
             if options.temperature > 0
             else {"do_sample": False}
         )
-        kwargs = dict(
+        return dict(
             encoded.inputs,
             max_new_tokens=options.max_tokens,
             eos_token_id=end_of_turn_id(loaded.processor, loaded.family),
             pad_token_id=tokenizer.pad_token_id,
-            streamer=streamer,
             **sampling,
         )
+
+    def _choose(
+        self,
+        prompt: Prompt,
+        frames_jpeg: Sequence[bytes],
+        options: GenerationOptions,
+        lines: StepLines,
+    ) -> str:
+        """A whole guidance answer whose step lines are the task's (blocking)."""
+        kwargs = self._generate_kwargs(prompt, frames_jpeg, options)
+        kwargs.update(do_sample=False, num_beams=self.beams)
+        kwargs.pop("temperature", None)
+        prompt_length = int(kwargs["input_ids"].shape[1])
+        processor = StepLinesProcessor(lines, prompt_length)
+        try:
+            with torch.inference_mode():
+                out = self.loaded.model.generate(
+                    **kwargs, logits_processor=LogitsProcessorList([processor])
+                )
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # OOM included
+            raise EngineError(f"{self.name}: generation failed: {exc}") from exc
+        text = self.loaded.processor.tokenizer.decode(
+            out[0, prompt_length:], skip_special_tokens=True
+        )
+        return str(text)
+
+    def _start(
+        self, prompt: Prompt, frames_jpeg: Sequence[bytes], options: GenerationOptions
+    ) -> tuple[TextIteratorStreamer, threading.Thread, list[Exception]]:
+        loaded = self.loaded
+        kwargs = self._generate_kwargs(prompt, frames_jpeg, options)
+        tokenizer = loaded.processor.tokenizer
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs["streamer"] = streamer
 
         errors: list[Exception] = []
 
@@ -98,6 +159,19 @@ class LocalEngine:
         self, prompt: Prompt, frames_jpeg: Sequence[bytes], options: GenerationOptions
     ) -> AsyncIterator[str]:
         async with self._lock:
+            lines = self._constrained(prompt)
+            if lines is not None:
+                try:
+                    text = await asyncio.to_thread(
+                        self._choose, prompt, frames_jpeg, options, lines
+                    )
+                except EngineError:
+                    raise
+                except LaviaError as exc:
+                    raise EngineError(f"{self.name}: {exc}") from exc
+                if text:
+                    yield text
+                return
             try:
                 streamer, thread, errors = await asyncio.to_thread(
                     self._start, prompt, frames_jpeg, options

@@ -30,6 +30,8 @@ async def _open_engine(settings: Settings) -> Engine:
         api_key_env=e.api_key_env,
         device=e.device,
         cpu_threads=e.cpu_threads,
+        steps_only=e.steps_only,
+        beams=e.beams,
     )
 
 

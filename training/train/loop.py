@@ -24,7 +24,13 @@ from transformers import get_scheduler
 
 from lavia_live.atomic import atomic_write_json
 from training.config import TrainSettings
-from training.train.data import LengthGroupedBatches, RecordDataset, batch_of, load_examples
+from training.train.data import (
+    IGNORE_INDEX,
+    LengthGroupedBatches,
+    RecordDataset,
+    batch_of,
+    load_examples,
+)
 from training.train.report import write_loss_curve
 from training.train.setup import prepare_model, resolve_precision
 
@@ -34,6 +40,26 @@ log = logging.getLogger(__name__)
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 STATE_FILE = "trainer_state.json"  # written last: a checkpoint without it is incomplete
+
+
+def weighted_token_loss(
+    logits: torch.Tensor, labels: torch.Tensor, first_token_weight: float
+) -> torch.Tensor:
+    """Next-token cross entropy over the labelled positions (labels shifted by one, as the
+    models do), a weighted mean in which each row's first labelled token counts
+    ``first_token_weight`` times."""
+    targets = labels[:, 1:]
+    scored = logits[:, :-1].float()
+    valid = targets != IGNORE_INDEX
+    losses = torch.nn.functional.cross_entropy(
+        scored.reshape(-1, scored.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(targets.shape)
+    first = valid & (valid.cumsum(dim=1) == 1)
+    weights = valid.float() + (first_token_weight - 1.0) * first.float()
+    return (losses * weights).sum() / weights.sum().clamp(min=1.0)
 
 
 @dataclass
@@ -160,7 +186,7 @@ class Trainer:
         while self.state.step < self.total_steps:
             for batch in self._loader(self.state.epoch, self.state.batch_in_epoch):
                 with self.accelerator.accumulate(self.model):
-                    loss = self.model(**batch).loss
+                    loss = self._loss(batch)
                     self.accelerator.backward(loss)
                     if self.accelerator.sync_gradients:
                         self.accelerator.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
@@ -205,6 +231,16 @@ class Trainer:
         if self.val_set is not None:
             self._log({"step": self.state.step, "val_loss": self.validate()}, None)
         return TrainResult(self.save_final(), self.state)
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's own loss, or with ``first_token_weight`` the same token-mean cross
+        entropy with each answer's first token counted that many times."""
+        weight = self.settings.first_token_weight
+        if weight == 1.0:
+            return self.model(**batch).loss
+        labels = batch["labels"]
+        logits = self.model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        return weighted_token_loss(logits, labels, weight)
 
     def _log(self, entry: dict[str, float], bar: tqdm[Any] | None) -> None:
         self.state.history.append(entry)

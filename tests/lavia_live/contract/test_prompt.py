@@ -78,3 +78,15 @@ def test_original_lavia_layout_parses() -> None:
     value = f"{IMAGE_TAG}\n{IMAGE_TAG}\nWhat is next?"
     prompt = parse_llava_text(value)
     assert prompt.parts == (ImagePart(0), ImagePart(1), TextPart("What is next?"))
+
+
+def test_task_steps_are_read_back_from_every_prompt() -> None:
+    for prompt in (
+        build_guidance_prompt(DEMO, 3),
+        build_guidance_prompt(DEMO, 0),
+        build_question_prompt(DEMO, 2, "what next?", ["now: a; next: b"]),
+    ):
+        assert prompt.task_steps() == DEMO.steps
+        assert parse_llava_text(prompt.llava_text()).task_steps() == DEMO.steps
+    bare = TaskContext(id="t", title="No list", guideline="Steps:\n1. not a list")
+    assert build_guidance_prompt(bare, 1).task_steps() == ()

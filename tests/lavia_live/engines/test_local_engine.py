@@ -9,10 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from lavia_live.contract.prompt import build_guidance_prompt
-from lavia_live.contract.tasks import TaskLibrary
+from lavia_live.contract.guidance import TASK_COMPLETE, parse_guidance
+from lavia_live.contract.prompt import build_guidance_prompt, build_question_prompt
+from lavia_live.contract.tasks import TaskContext, TaskLibrary
 from lavia_live.engines.base import EngineError, GenerationOptions, complete
 from lavia_live.engines.local import LocalEngine
+from lavia_live.engines.step_choice import StepLines
 from lavia_live.models.families import encode
 from training.models.tiny import build_tiny_qwen2_5_vl, task_corpus
 
@@ -33,9 +35,15 @@ def jpeg(i: int) -> bytes:
     return out.getvalue()
 
 
-async def test_stream_equals_greedy_generate(model_dir: Path) -> None:
-    engine = LocalEngine(model_dir)
-    prompt = build_guidance_prompt(TASK, 4)
+@pytest.mark.parametrize("steps_only", [False, True])
+async def test_stream_equals_greedy_generate(model_dir: Path, steps_only: bool) -> None:
+    # unconstrained guidance, and questions always, stream what plain greedy decoding gives
+    engine = LocalEngine(model_dir, steps_only=steps_only)
+    prompt = (
+        build_question_prompt(TASK, 4, "what now?")
+        if steps_only
+        else build_guidance_prompt(TASK, 4)
+    )
     frames = [jpeg(i) for i in range(4)]
     options = GenerationOptions(max_tokens=12)
     pieces = [p async for p in engine.stream(prompt, frames, options)]
@@ -63,3 +71,53 @@ async def test_bad_frames_and_missing_model_are_engine_errors(
         await complete(engine, build_guidance_prompt(TASK, 2), [jpeg(0)], GenerationOptions())
     with pytest.raises(EngineError, match="does not exist"):
         LocalEngine(tmp_path / "nothing")
+
+
+COOKING = TaskContext(
+    id="omelette", title="Make an omelette", steps=("Whisk the eggs.", "Heat the pan.", "Fold it.")
+)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+@pytest.mark.parametrize("task", [TASK, COOKING], ids=["trained task", "unseen task"])
+async def test_guidance_names_only_the_prompts_steps(
+    model_dir: Path, beams: int, task: TaskContext
+) -> None:
+    # an untrained model writes anything; held to the step lines it names the task's steps
+    frames = [jpeg(i) for i in range(3)]
+    options = GenerationOptions(max_tokens=60)
+    free = await complete(
+        LocalEngine(model_dir, steps_only=False), build_guidance_prompt(task, 3), frames, options
+    )
+    assert not parse_guidance(free).ok
+    engine = LocalEngine(model_dir, beams=beams)
+    answer = await complete(engine, build_guidance_prompt(task, 3), frames, options)
+    parsed = parse_guidance(answer)
+    assert parsed.current_step in task.steps, answer
+    assert parsed.next_step in (*task.steps, TASK_COMPLETE), answer
+    assert answer.startswith(f"Current step: {parsed.current_step}\nNext step: ")
+
+
+def test_step_lines_allow_the_task_steps_only(model_dir: Path) -> None:
+    tokenizer = LocalEngine(model_dir).loaded.processor.tokenizer
+    lines = StepLines(tokenizer, COOKING.steps)
+
+    def ids(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def follows(text: str) -> bool:
+        tokens = ids(text)
+        return all(
+            (allowed := lines.allowed(tokens[:i])) is None or tokens[i] in allowed
+            for i in range(len(tokens))
+        )
+
+    assert follows("Current step: Heat the pan.\nNext step: The task is complete.\nWarning: none")
+    assert follows("Current step: Fold it.\nNext step: Whisk the eggs.\nWarning: too hot")
+    assert not follows("Current step: Heat the eggs.\nNext step: Fold it.\nWarning: none")
+    assert not follows("Current step: Fold it.\nNext step: Slide the pan.\nWarning: none")
+    assert not follows("Next step: Fold it.")
+    head = ids("Current step: Fold it.\nNext step: Heat the pan.\nWarning:")
+    assert lines.allowed(head) is None  # the warning is free text
+    with pytest.raises(ValueError, match="no steps"):
+        StepLines(tokenizer, ())

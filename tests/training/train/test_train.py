@@ -16,8 +16,8 @@ from lavia_live.contract.prompt import parse_llava_text
 from lavia_live.contract.records import read_records
 from lavia_live.models.families import encode, load_model
 from training.config import TrainSettings
-from training.train.data import LengthGroupedBatches, load_examples, load_frames
-from training.train.loop import STATE_FILE, Trainer
+from training.train.data import LengthGroupedBatches, batch_of, load_examples, load_frames
+from training.train.loop import STATE_FILE, Trainer, weighted_token_loss
 from training.train.setup import TrainError
 
 
@@ -62,6 +62,38 @@ def test_full_training_lowers_loss_and_moves_only_trainable_weights(
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 12 and '"tokens_per_s"' in metrics[0]
+
+
+def test_first_token_weight_counts_each_answers_first_token_more(
+    tmp_path: Path, tiny_base: Path, demo_records: Path
+) -> None:
+    trainer = Trainer(settings(tmp_path, tiny_base, demo_records), progress=False)
+    batch = batch_of([trainer.train_set[0], trainer.train_set[1]], trainer.pad_id)
+    model = trainer.model.eval()
+    labels = batch["labels"]
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        # weight 1 is the model's own loss: the token mean over both answers
+        assert torch.allclose(weighted_token_loss(logits, labels, 1.0), model(**batch).loss)
+    # a huge weight leaves the mean loss of the two answers' first tokens
+    firsts = []
+    for row in range(2):
+        start = int((labels[row] != -100).nonzero()[0, 0])
+        firsts.append(
+            torch.nn.functional.cross_entropy(
+                logits[row, start - 1 : start], labels[row, start : start + 1]
+            )
+        )
+    heavy = weighted_token_loss(logits, labels, 1e6)
+    assert torch.allclose(heavy, torch.stack(firsts).mean(), rtol=1e-3)
+    assert not torch.allclose(heavy, weighted_token_loss(logits, labels, 1.0), rtol=1e-2)
+    # training with it runs and logs a finite loss
+    trainer = Trainer(
+        settings(tmp_path / "w", tiny_base, demo_records, max_steps=2, first_token_weight=5),
+        progress=False,
+    )
+    losses = [h["loss"] for h in trainer.train().state.history if "loss" in h]
+    assert len(losses) == 2 and all(0 < x < 100 for x in losses)
 
 
 def test_saved_checkpoint_gives_identical_logits(
