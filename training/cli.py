@@ -21,6 +21,7 @@ from lavia_live.atomic import atomic_open
 from lavia_live.cli import add_config_options, apply_setting_flags, load_config
 from lavia_live.contract.records import iter_records
 from lavia_live.contract.tasks import TaskLibrary
+from lavia_live.engines.base import Engine
 from training.config import PipelineSettings
 from training.train.setup import TrainError
 
@@ -141,21 +142,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_eval_live(args: argparse.Namespace, settings: PipelineSettings) -> int:
-    from lavia_live.engines.factory import frame_max_side, open_engine
-    from training.eval.live import evaluate_live
-    from training.eval.live_report import write_live_report
+def _eval_engine(
+    args: argparse.Namespace, settings: PipelineSettings, cpu_threads: int = 0
+) -> Engine:
+    """The engine ``lavia eval`` asks: ``--model`` with the config's decoding settings;
+    ``cpu_threads`` 0 leaves torch one thread per core."""
+    from lavia_live.engines.factory import open_engine
 
-    library = TaskLibrary.load(settings.tasks.folder)
-    engine = open_engine(
+    return open_engine(
         args.model,
         api_model=args.api_model,
         api_key_env=args.api_key_env,
         device=args.device,
-        cpu_threads=settings.engine.cpu_threads,
+        cpu_threads=cpu_threads,
         steps_only=settings.engine.steps_only,
         beams=settings.engine.beams,
     )
+
+
+def _cmd_eval_live(args: argparse.Namespace, settings: PipelineSettings) -> int:
+    from lavia_live.engines.factory import frame_max_side
+    from training.eval.live import evaluate_live
+    from training.eval.live_report import write_live_report
+
+    library = TaskLibrary.load(settings.tasks.folder)
+    engine = _eval_engine(args, settings, settings.engine.cpu_threads)
     result = asyncio.run(
         evaluate_live(
             engine,
@@ -187,21 +198,13 @@ def _cmd_eval_live(args: argparse.Namespace, settings: PipelineSettings) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from lavia_live.engines.factory import open_engine
     from training.eval.report import write_report
     from training.eval.run import evaluate
 
     settings = _settings(args)
     if args.live:
         return _cmd_eval_live(args, settings)
-    engine = open_engine(
-        args.model,
-        api_model=args.api_model,
-        api_key_env=args.api_key_env,
-        device=args.device,
-        steps_only=settings.engine.steps_only,
-        beams=settings.engine.beams,
-    )
+    engine = _eval_engine(args, settings)
     result = asyncio.run(
         evaluate(
             engine,

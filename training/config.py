@@ -123,6 +123,12 @@ class TrainSettings(_Section):
     vision_warmup_batch: int = Field(32, ge=1, description="frames per warm-up step")
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; wins over epochs")
+    stop_after: int | None = Field(
+        None,
+        ge=1,
+        description="end the run after this many optimizer steps, the learning-rate schedule "
+        "still spanning the whole run (epochs or max_steps): a pass stopped partway",
+    )
     batch_size: int = Field(1, ge=1, description="examples per device per micro-batch")
     grad_accum: int = Field(1, ge=1)
     learning_rate: float = Field(2e-4, gt=0)

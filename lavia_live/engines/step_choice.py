@@ -41,7 +41,7 @@ class StepLines:
                     # the tokenizer merges across "Warning:" and what follows: constrain
                     # up to the last token the two tokenisations share
                     shared = next(
-                        (i for i, (a, b) in enumerate(zip(ids, whole)) if a != b),
+                        (i for i, (a, b) in enumerate(zip(ids, whole, strict=False)) if a != b),
                         min(len(ids), len(whole)),
                     )
                     ids = ids[:shared]

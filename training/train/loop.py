@@ -109,7 +109,9 @@ class Trainer:
         per_epoch = math.ceil(
             len(self.batches) / settings.grad_accum / self.accelerator.num_processes
         )
-        self.total_steps = settings.max_steps or max(1, math.ceil(per_epoch * settings.epochs))
+        # the learning-rate schedule spans schedule_steps; the run ends at total_steps
+        self.schedule_steps = settings.max_steps or max(1, math.ceil(per_epoch * settings.epochs))
+        self.total_steps = min(self.schedule_steps, settings.stop_after or self.schedule_steps)
         params = [p for p in self.loaded.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params, lr=settings.learning_rate, weight_decay=settings.weight_decay
@@ -117,8 +119,8 @@ class Trainer:
         scheduler = get_scheduler(
             settings.scheduler,
             optimizer,
-            num_warmup_steps=int(settings.warmup_ratio * self.total_steps),
-            num_training_steps=self.total_steps,
+            num_warmup_steps=int(settings.warmup_ratio * self.schedule_steps),
+            num_training_steps=self.schedule_steps,
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
             self.loaded.model, optimizer, scheduler

@@ -96,6 +96,21 @@ def test_first_token_weight_counts_each_answers_first_token_more(
     assert len(losses) == 2 and all(0 < x < 100 for x in losses)
 
 
+def test_stop_after_ends_a_run_partway_through_its_schedule(
+    tmp_path: Path, tiny_base: Path, demo_records: Path
+) -> None:
+    def lrs(**kw: object) -> list[float]:
+        run = settings(tmp_path / str(len(kw)), tiny_base, demo_records, max_steps=6, **kw)
+        result = Trainer(run, progress=False).train()
+        assert (result.final_dir / "config.json").exists()
+        return [h["lr"] for h in result.state.history if "lr" in h]
+
+    full = lrs(scheduler="cosine")
+    partial = lrs(scheduler="cosine", stop_after=3)
+    assert len(full) == 6 and len(partial) == 3
+    assert partial == full[:3] and partial[-1] > 0.1 * full[0]
+
+
 def test_saved_checkpoint_gives_identical_logits(
     tmp_path: Path, tiny_base: Path, demo_records: Path
 ) -> None:
