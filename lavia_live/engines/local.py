@@ -53,7 +53,7 @@ class LocalEngine:
         dtype: str = "auto",
         cpu_threads: int = 0,
         steps_only: bool = True,
-        beams: int = 4,
+        beams: int = 1,
     ) -> None:
         if beams < 1:
             raise EngineError(f"beams must be at least 1, got {beams}")
@@ -116,8 +116,10 @@ class LocalEngine:
     ) -> str:
         """A whole guidance answer whose step lines are the task's (blocking)."""
         kwargs = self._generate_kwargs(prompt, frames_jpeg, options)
-        kwargs.update(do_sample=False, num_beams=self.beams)
+        kwargs.update(do_sample=False)
         kwargs.pop("temperature", None)
+        if self.beams > 1:
+            kwargs["num_beams"] = self.beams
         prompt_length = int(kwargs["input_ids"].shape[1])
         processor = StepLinesProcessor(lines, prompt_length)
         try:

@@ -1,6 +1,7 @@
 """The embedded demo model the package ships: within its size limit, with held-out scores
-that meet the targets, and still that good on demo videos rendered now from seeds that
-neither its training nor its recorded evaluation used, through the real pipeline."""
+that meet its gate (`scripts/build_demo_model`), and still that good on demo videos rendered
+now from seeds that neither its training nor its recorded evaluation used, through the real
+pipeline: guidance, mistakes and questions."""
 
 from __future__ import annotations
 
@@ -24,20 +25,42 @@ def test_shipped_model_fits_the_package_and_met_its_targets() -> None:
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     assert size <= 20 * 2**20
     scores = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
-    assert scores["clips"] >= 250
-    assert scores["next_step_accuracy"] >= 0.9
-    assert scores["current_step_accuracy"] >= 0.9
+    assert scores["clips"] >= 800 and scores["questions"] >= 350
     assert scores["parse_rate"] == 1.0
+    assert scores["steps_outside_task"] == 0
+    assert scores["next_step_accuracy"] >= 0.85
+    assert scores["current_step_accuracy"] >= 0.9
+    assert scores["mistake_recall"] >= 0.75 and scores["mistake_precision"] >= 0.9
+    assert scores["question_accuracy"] >= 0.5
+    live = json.loads((folder / "live.json").read_text(encoding="utf-8"))
+    assert live["videos"] >= 16 and live["engine_errors"] == 0
+    assert live["announced_share"] >= 0.9
+    assert live["latency_median_s"] <= 3.0
+    assert live["announcements_per_step"] <= 1.2
+    assert live["false_warnings_per_10min_clean"] <= 1.0
+
+
+SEEDS = tuple(range(400001, 400007))  # training used 0-249, 200000-200039 and 300000-300059
 
 
 def test_shipped_model_on_videos_from_new_seeds(tmp_path: Path) -> None:
     library = TaskLibrary.load()
     task = library.require("demo_oil_change")
-    for seed in (200001, 200002, 200003):
-        render_demo_video(task, seed, tmp_path / "videos", DemoSpec(narration=False))
-    # the data settings the model was trained with (frame size, clip hop, oracle)
+    # three clean videos, one with steps out of order, two with the oil pan skipped
+    spec = DemoSpec(narration=False, mistake_rate=0.5)
+    truths = [render_demo_video(task, seed, tmp_path / "videos", spec) for seed in SEEDS]
+    assert sorted(len(t.mistakes) for t in truths) == [0, 0, 0, 1, 1, 1]
+    # the data settings the model was trained with (frame size, oracle, live-like clips and
+    # questions)
     settings = load_settings(
-        PipelineSettings, files=[shipped_path("configs/train_demo.yaml")], env={}
+        PipelineSettings,
+        files=[shipped_path("configs/train_demo.yaml")],
+        env={},
+        overrides=[
+            "data.annotate.questions_per_clip=0.3",
+            "data.extract.clip_hop=2",  # live-like clips: 4 to 15 frames
+            "data.extract.min_frames=4",
+        ],
     ).settings
     asyncio.run(build_dataset([tmp_path / "videos"], tmp_path / "ds", settings, progress=False))
     engine = open_engine(EMBEDDED, api_model=None, api_key_env="", device="cpu")
@@ -45,8 +68,14 @@ def test_shipped_model_on_videos_from_new_seeds(tmp_path: Path) -> None:
         evaluate(engine, [tmp_path / "ds" / "records.jsonl"], library=library, progress=False)
     )
     assert not result.failures
-    t = result.totals
-    assert t.clips >= 30
-    assert t.parse_rate == 1.0
-    assert t.current_step_accuracy >= 0.85
-    assert t.next_step_accuracy >= 0.85
+    t, q = result.totals, result.question_totals
+    # measured when it shipped: 164 clips, next 87.2%, current 93.3%, mistakes recall 0.58
+    # and precision 1.0 (24 clips show one), questions 64% (the model before it: 75.6%,
+    # 91.5%, 0.17, 0%)
+    assert t.clips >= 150 and q.questions >= 30
+    assert t.parse_rate == 1.0 and t.steps_outside_task == 0
+    assert t.current_step_accuracy >= 0.88
+    assert t.next_step_accuracy >= 0.8
+    assert t.mistake_recall is not None and t.mistake_recall >= 0.4
+    assert t.mistake_precision is not None and t.mistake_precision >= 0.8
+    assert q.question_accuracy is not None and q.question_accuracy >= 0.45
