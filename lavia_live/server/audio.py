@@ -4,7 +4,8 @@ their timestamps, silence when there is nothing to say.
 :meth:`SpeechTrack.play` queues one utterance (int16 PCM at 48 kHz) with callbacks for when
 its first sample goes out and when its last one has; aiortc's sender pulls :meth:`recv` on
 the event loop, so the callbacks run there. The queue holds at most ``max_queued_s`` seconds
-of audio; :meth:`clear` drops it all at once (mute, reset).
+of audio; :meth:`clear` drops it all at once (mute, reset, barge-in): the next frame
+:meth:`recv` gives is silent.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ class SpeechTrack(MediaStreamTrack):
     def pending(self) -> int:
         """Utterances queued or playing."""
         return len(self._queue)
+
+    @property
+    def queued_s(self) -> float:
+        """Seconds of speech queued and not yet sent (the rest of the one playing included)."""
+        return self._queued_samples / SAMPLE_RATE
 
     @property
     def speaking(self) -> bool:

@@ -12,8 +12,12 @@ asked through ``ask``, exactly as a typed question. A pause in the audio (the mi
 turned off) or the track's end finishes the utterance in progress; while ``gated`` says so
 (the assistant is speaking, for speakers without echo cancelling) the audio is dropped.
 
-:attr:`Listener.on_speech_start` is called when an utterance starts: the place to stop the
-assistant's voice (barge-in).
+:attr:`Listener.on_speech_start` is called as soon as the VAD scores the first voiced window
+of an utterance (not at its end): the session stops the assistant's voice there (barge-in).
+:attr:`Listener.on_speech_end` is called when it ends, however it ends. Push-to-talk: after
+:meth:`Listener.press` a pause ends nothing, and :meth:`Listener.release` ends the utterance
+in progress right away (after the audio already in flight, :data:`RELEASE_TAIL_S`) instead of
+after ``min_silence_ms`` of silence.
 """
 
 from __future__ import annotations
@@ -50,11 +54,14 @@ log = logging.getLogger(__name__)
 GAP_S = 1.5  # no audio this long (microphone off or gone): the utterance in progress ends
 MAX_BACKLOG_FRAMES = 250  # frames waiting for the VAD (5 s of 20 ms frames); older dropped
 VAD_TIMEOUT_S = 10.0  # one batch through the resampler and the VAD
+RELEASE_TAIL_S = 0.1  # audio arriving this soon after a push-to-talk release still counts
 
 
 class _Mark(Enum):
     GAP = "gap"  # the audio paused: finish the utterance in progress
     GATE = "gate"  # the audio is being dropped: forget the utterance in progress
+    PRESS = "press"  # push-to-talk pressed: silence ends nothing until the release
+    RELEASE = "release"  # push-to-talk released: finish the utterance in progress now
 
 
 class Listener:
@@ -74,6 +81,7 @@ class Listener:
         self.key = key
         self.settings = settings
         self.on_speech_start: Callable[[str], None] = lambda utterance_id: None
+        self.on_speech_end: Callable[[str], None] = lambda utterance_id: None
         self._worker = worker
         self._executor = vad_executor
         self._emit = emit
@@ -100,6 +108,7 @@ class Listener:
         self._answered = 0  # highest utterance index whose final transcript was sent
         self._shown = 0  # highest utterance index a partial transcript was sent for
         self._vad_failed = False
+        self._release: asyncio.TimerHandle | None = None
         self.frames_received = 0
         self.frames_dropped = 0  # backlog overflow
         self.finals = 0
@@ -109,12 +118,35 @@ class Listener:
             model=self.settings.model,
             max_utterance_s=self.settings.max_utterance_s,
             gate_while_speaking=self.settings.gate_while_speaking,
+            barge_in=self.settings.barge_in and not self.settings.gate_while_speaking,
         )
 
     def close(self) -> None:
         """The session ended: no more events, its waiting recognition is cancelled."""
         self._closed = True
+        if self._release is not None:
+            self._release.cancel()
         self._worker.drop(self.key)
+
+    def press(self) -> None:
+        """Push-to-talk was pressed: from the audio that follows, a pause ends nothing."""
+        if self._release is not None:  # pressed again before the last release took effect
+            self._release.cancel()
+            self._release = None
+            self._push(_Mark.RELEASE)
+        self._push(_Mark.PRESS)
+
+    def release(self) -> None:
+        """Push-to-talk was released: the utterance in progress ends now, with the audio
+        that arrives within :data:`RELEASE_TAIL_S` (sent before the release, in flight)."""
+        if self._release is not None or self._closed:
+            return
+
+        def end() -> None:
+            self._release = None
+            self._push(_Mark.RELEASE)
+
+        self._release = asyncio.get_running_loop().call_later(RELEASE_TAIL_S, end)
 
     # -- reading --------------------------------------------------------------------
 
@@ -194,9 +226,13 @@ class Listener:
         """Resample and segment a batch (the VAD thread runs this)."""
         events: list[SegmentEvent] = []
         for item in items:
-            if item is _Mark.GAP:
+            if item is _Mark.PRESS:
+                self._segmenter.holding = True
+            elif item is _Mark.GAP or item is _Mark.RELEASE:
                 events += self._segmenter.feed(self._resampler.flush())
-                events += self._segmenter.flush()
+                events += self._segmenter.flush("released" if item is _Mark.RELEASE else "ended")
+                if item is _Mark.RELEASE:
+                    self._segmenter.holding = False
             elif item is _Mark.GATE:
                 self._resampler.flush()
                 events += self._segmenter.reset()
@@ -217,6 +253,7 @@ class Listener:
     def _finish(self, event: SpeechEnded) -> None:
         self._current = None
         uid = self._uid(event.index)
+        self.on_speech_end(uid)
         if event.audio is None:  # too short, or dropped
             self._count("dropped")
             if self._shown == event.index:  # the client shows a partial: it is void

@@ -83,11 +83,22 @@ class SpeechMessage(_Wire):
     rate: int | None = Field(None, ge=80, le=450, description="words per minute")
 
 
+class TalkMessage(_Wire):
+    """Push-to-talk: ``start`` when the person presses (the assistant stops speaking, as when
+    they start talking hands-free, and a pause ends no question), ``end`` when they release
+    (the utterance in progress is transcribed at once, not after the silence that ends a
+    question)."""
+
+    type: Literal["talk"]
+    state: Literal["start", "end"]
+
+
 ClientMessage = Annotated[
-    QuestionMessage | TaskMessage | ResetMessage | SpeechMessage, Field(discriminator="type")
+    QuestionMessage | TaskMessage | ResetMessage | SpeechMessage | TalkMessage,
+    Field(discriminator="type"),
 ]
 _CLIENT_MESSAGE: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
-CLIENT_TYPES = ("question", "task", "reset", "speech")
+CLIENT_TYPES = ("question", "task", "reset", "speech", "talk")
 
 
 def parse_client_message(data: str | bytes) -> ClientMessage:
@@ -147,6 +158,7 @@ class ListeningInfo(_Wire):
     model: str  # the speech recogniser
     max_utterance_s: float  # an utterance this long is cut and transcribed
     gate_while_speaking: bool  # the microphone is not heard while the assistant speaks
+    barge_in: bool = True  # the person's voice stops the assistant's (talk start always does)
 
 
 class HelloEvent(_Wire):
@@ -196,13 +208,16 @@ class StateEvent(_Wire):
 
 
 class SpeechEvent(_Wire):
-    """A sentence starts or ends playing on the audio track."""
+    """A sentence starts or ends playing on the audio track. An ``end`` with ``interrupted``
+    was cut before its last word: the person started talking (barge-in; the rest of that
+    answer is not spoken), or mute, a reset, a task switch."""
 
     type: Literal["speech"] = "speech"
     state: Literal["start", "end"]
     text: str
     kind: Literal["guidance", "answer"]
     id: str | None = None  # the question an answer's sentence belongs to
+    interrupted: bool = False  # end: the sentence was cut
 
 
 class TranscriptEvent(_Wire):
@@ -214,7 +229,9 @@ class TranscriptEvent(_Wire):
     final: bool
     text: str  # final and empty: nothing was recognised (no question is asked)
     audio_s: float  # seconds of speech transcribed
-    ended: Literal["silence", "max_length", "ended"] | None = None  # final: how it ended
+    # final: how it ended: silence, cut at max_length, the audio stopped (ended), or the
+    # push-to-talk button was released (released)
+    ended: Literal["silence", "max_length", "ended", "released"] | None = None
     latency_ms: float | None = None  # final: from the end of the utterance to this event
 
 

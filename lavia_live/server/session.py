@@ -6,6 +6,11 @@ any other track is drained, so nothing queues up unread), the ``state`` ticker, 
 and, when the client receives audio, the :class:`Speaker` with its outgoing
 :class:`SpeechTrack`. :meth:`Session.close` ends all of them, whatever ends the
 session: the client leaving, ICE failing, the video stopping, the server shutting down.
+
+Barge-in: when the listener hears the person start an utterance (the VAD's first voiced
+window), or a push-to-talk press arrives (``talk`` start), the speaker is interrupted and
+held until the utterance ends (or the press is released), so the assistant does not talk
+over the person; its answer to what they said comes next.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from lavia_live.server.protocol import (
     ServerEvent,
     SpeechMessage,
     StateEvent,
+    TalkMessage,
     TaskInfo,
     TaskMessage,
     parse_client_message,
@@ -51,6 +57,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
 ECHO_TAIL_S = 0.3  # the assistant's voice may still be heard this long after it stops
+TALK_HOLD_S = 60.0  # a push-to-talk press never released keeps the voice quiet this long
 MAX_BUFFERED_BYTES = 1 << 20  # a client this far behind gets no more state events
 
 
@@ -90,6 +97,7 @@ class Session:
         self._tasks: set[asyncio.Task[None]] = set()
         self._video = False
         self._connected = asyncio.Event()
+        self._talking = False  # a push-to-talk press is held
         self._closing: asyncio.Task[None] | None = None
         self.close_reason = ""
         self.pc.on("datachannel", self._on_datachannel)
@@ -184,19 +192,55 @@ class Session:
         elif track.kind == "audio" and self.listener is None and self._make_listener:
             listener = self.listener = self._make_listener(self)
             listener.on_speech_start = self._on_speech_start
+            listener.on_speech_end = self._on_speech_end
             self._spawn(listener.run(track), "listen")
         else:  # a second audio or video track, or listening is off: read and discard
             self._spawn(self._drain(track), "drain")
 
     def assistant_speaking(self) -> bool:
-        """The assistant's voice is playing or has just stopped (it may still echo)."""
+        """The assistant's voice is playing or has just stopped (it may still echo). Never
+        while push-to-talk is held: the press stopped the voice, and the client stops
+        playing it."""
         speaker = self.speaker
-        return speaker is not None and speaker.track.voiced_within(ECHO_TAIL_S)
+        if speaker is None or self._talking:
+            return False
+        return speaker.track.voiced_within(ECHO_TAIL_S)
 
     def _on_speech_start(self, utterance_id: str) -> None:
-        """The person started speaking. Barge-in (stopping the assistant's voice and the
-        rest of its answer) belongs here."""
+        """The person started speaking (the VAD's first voiced window): barge-in."""
         log.debug("voice %s started", utterance_id, extra={"session": self.sid})
+        assert self.listener is not None
+        if self.listener.settings.barge_in:
+            self._barge_in(self.listener.settings.max_utterance_s + 2.0)
+
+    def _on_speech_end(self, utterance_id: str) -> None:
+        if self.speaker is not None and not self._talking:
+            self.speaker.hold(None)
+
+    def _barge_in(self, hold_s: float) -> None:
+        """Stop the assistant's voice and the rest of what it was saying; say nothing new
+        for ``hold_s`` or until the person is done."""
+        speaker = self.speaker
+        if speaker is None:
+            return
+        if speaker.interrupt():
+            log.info("barge-in: the voice was cut", extra={"session": self.sid})
+        speaker.hold(hold_s)
+
+    def _talk(self, message: TalkMessage) -> None:
+        """Push-to-talk: a press interrupts (and pauses end nothing until the release), a
+        release ends the utterance at once."""
+        if message.state == "start":
+            self._talking = True
+            self._barge_in(TALK_HOLD_S)
+            if self.listener is not None:
+                self.listener.press()
+            return
+        self._talking = False
+        if self.listener is not None:
+            self.listener.release()
+        if self.speaker is not None:
+            self.speaker.hold(None)  # the person is done: the answer may come
 
     async def _read_video(self, track: MediaStreamTrack) -> None:
         timeout = self.settings.idle_timeout_s
@@ -275,6 +319,8 @@ class Session:
             if self.speaker is not None:
                 self.speaker.stop()
             self.assistant.reset()
+        elif isinstance(message, TalkMessage):
+            self._talk(message)
         else:
             self._configure_speech(message)
 

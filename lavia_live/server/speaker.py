@@ -10,12 +10,20 @@ most :data:`AHEAD` sentences queued there beyond the one playing. ``speech`` eve
 when each sentence starts and ends playing. An answer's sentences go before guidance still
 waiting; a newer guidance replaces guidance not spoken yet; muting drops everything and
 speaks nothing until unmuted.
+
+Barge-in: :meth:`Speaker.interrupt` (the person started talking) cuts the sentence playing
+on the track's next 20 ms frame (its ``speech`` end says ``interrupted``), cancels the one
+being synthesised, drops what waits, and silences the answers it was speaking or about to
+speak: the rest of their text, still streaming from the model, is never spoken.
+:meth:`Speaker.hold` keeps anything new from starting while the person talks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -43,6 +51,7 @@ log = logging.getLogger(__name__)
 
 AHEAD = 1  # sentences synthesised and queued on the track beyond the one playing
 MAX_OPEN_ANSWERS = 4  # answers being split at once; older ones are forgotten
+MAX_SILENCED = 16  # interrupted answers whose later pieces are ignored; older ones forgotten
 
 Kind = Literal["guidance", "answer"]
 
@@ -103,6 +112,13 @@ class Speaker:
         self._wake = asyncio.Event()
         self._generation = 0  # bumped by stop(): sentences being synthesised are dropped
         self._busy = False  # a sentence is being synthesised
+        self._job: asyncio.Future[npt.NDArray[np.int16]] | None = None  # that synthesis
+        self._synthesising: _Sentence | None = None
+        self._on_track: list[_Sentence] = []  # given to the track, not ended yet
+        self._silenced: OrderedDict[str, None] = OrderedDict()  # interrupted answers
+        self._held_until = 0.0  # monotonic time until which nothing new starts playing
+        self._cutting = False  # the track is being cleared: the sentence playing is cut
+        self.interruptions = 0  # barge-ins that cut the voice
 
     def info(self) -> SpeechInfo:
         voices = [VoiceInfo(id=k, label=v) for k, v in self.synthesizer.voices.items()]
@@ -141,7 +157,7 @@ class Speaker:
         self._queue([_Sentence(s, "guidance", None) for s in split_sentences(text)])
 
     def answer_piece(self, answer_id: str, piece: str) -> None:
-        if self.muted:
+        if self.muted or answer_id in self._silenced:
             return
         splitter = self._answers.get(answer_id)
         if splitter is None:
@@ -152,7 +168,7 @@ class Speaker:
 
     def answer_done(self, answer_id: str, text: str) -> None:
         splitter = self._answers.pop(answer_id, None)
-        if self.muted:
+        if self.muted or answer_id in self._silenced:
             return
         rest = splitter.flush() if splitter is not None else split_sentences(text)
         self._queue([_Sentence(s, "answer", answer_id) for s in rest])
@@ -191,7 +207,43 @@ class Speaker:
         self._generation += 1
         self._pending.clear()
         self._answers.clear()
-        self.track.clear()
+        self._on_track.clear()
+        if self._job is not None:
+            self._job.cancel()  # the thread finishes its call; the result is not waited for
+        self._cutting = True
+        try:
+            self.track.clear()  # the next frame is silent; the sentence playing ends, cut
+        finally:
+            self._cutting = False
+
+    def interrupt(self) -> bool:
+        """Barge-in: the person started talking. Stop at once (:meth:`stop`), and silence the
+        answers being spoken, synthesised, waiting or still streaming: whatever more of them
+        arrives is not spoken. Returns whether the voice was cut mid-sentence."""
+        cut = self.track.speaking
+        sentences = [*self._on_track, *self._pending]
+        if self._synthesising is not None:
+            sentences.append(self._synthesising)
+        answers = {s.id for s in sentences if s.kind == "answer" and s.id is not None}
+        for answer_id in [*answers, *self._answers]:
+            self._silenced[answer_id] = None
+            self._silenced.move_to_end(answer_id)
+        while len(self._silenced) > MAX_SILENCED:
+            self._silenced.popitem(last=False)
+        self.stop()
+        if cut:
+            self.interruptions += 1
+        return cut
+
+    def hold(self, seconds: float | None) -> None:
+        """Start nothing new for ``seconds`` (the person is talking), or again now (None).
+        Sentences keep queueing meanwhile."""
+        self._held_until = time.monotonic() + seconds if seconds else 0.0
+        self._wake.set()
+
+    @property
+    def held(self) -> bool:
+        return time.monotonic() < self._held_until
 
     # -- the worker -----------------------------------------------------------------
 
@@ -199,33 +251,31 @@ class Speaker:
         """Speak queued sentences until cancelled (the session owns this task)."""
         loop = asyncio.get_running_loop()
         while True:
-            while not self._pending:
-                self._wake.clear()
-                await self._wake.wait()
-            sentence = self._pending.popleft()
+            sentence = await self._next()
             generation = self._generation
             self._busy = True
+            self._synthesising = sentence
+            job = self._job = loop.run_in_executor(
+                self._executor, render, self.synthesizer, sentence.text, self.voice, self.rate_wpm
+            )
             try:
-                pcm = await asyncio.wait_for(
-                    loop.run_in_executor(
-                        self._executor,
-                        render,
-                        self.synthesizer,
-                        sentence.text,
-                        self.voice,
-                        self.rate_wpm,
-                    ),
-                    self._timeout_s,
-                )
-            except SpeechError as exc:
-                self._report("speech_error", str(exc), sentence.id)
+                done, _ = await asyncio.wait({job}, timeout=self._timeout_s)
+            finally:
+                self._busy = False
+                self._job = self._synthesising = None
+                if not job.done():
+                    job.cancel()
+            if job.cancelled():  # stopped or interrupted while it was synthesised
                 continue
-            except TimeoutError:
+            if not done:
                 msg = f"speech synthesis took over {self._timeout_s:g} s"
                 self._report("speech_timeout", msg, sentence.id)
                 continue
-            finally:
-                self._busy = False
+            try:
+                pcm = job.result()
+            except SpeechError as exc:
+                self._report("speech_error", str(exc), sentence.id)
+                continue
             if generation != self._generation or self.muted or pcm.shape[0] == 0:
                 continue
             while self.track.pending > AHEAD:
@@ -237,13 +287,35 @@ class Speaker:
                 self.track.play(pcm, self._marker("start", sentence), self._marker("end", sentence))
             except TrackFull as exc:
                 log.warning("%s: dropped %r", exc, sentence.text[:40], extra={"session": self.key})
+            else:
+                self._on_track.append(sentence)
+
+    async def _next(self) -> _Sentence:
+        """The next sentence to speak, once there is one and nothing holds it back."""
+        while True:
+            held_s = self._held_until - time.monotonic()
+            if self._pending and held_s <= 0:
+                return self._pending.popleft()
+            self._wake.clear()
+            if self._pending:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), held_s)
+            else:
+                await self._wake.wait()
 
     def _marker(self, state: Literal["start", "end"], sentence: _Sentence) -> Callable[[], None]:
         def mark() -> None:
+            cut = False
             if state == "end":
                 self.sentences_spoken += 1
+                cut = self._cutting
+                with contextlib.suppress(ValueError):
+                    self._on_track.remove(sentence)
             self._emit(
-                SpeechEvent(state=state, text=sentence.text, kind=sentence.kind, id=sentence.id)
-            )
+                SpeechEvent(
+                    state=state, text=sentence.text, kind=sentence.kind, id=sentence.id,
+                    interrupted=cut,
+                )
+            )  # fmt: skip
 
         return mark

@@ -11,8 +11,13 @@ first window at or above ``threshold`` (with ``pad_ms`` of audio before it) and 
 the probability has stayed below ``threshold - 0.15`` for ``min_silence_ms`` (keeping
 ``pad_ms`` of that silence), or when it reaches ``max_utterance_s``, where it is cut and the
 speech that goes on starts the next one. Utterances with less than ``min_speech_ms`` of
-voiced windows are dropped. Memory is fixed: one preallocated buffer of the longest
-utterance. Calls block (the model runs on the calling thread); one stream, one caller.
+voiced windows are dropped. :class:`SpeechStarted` is returned by the very :meth:`feed` that
+scores that first voiced window, one window (32 ms) into the speech at best, long before the
+utterance ends: the live server stops the assistant's voice on it (barge-in). While
+:attr:`UtteranceSegmenter.holding` (push-to-talk held) silence ends nothing: :meth:`flush`
+does, at the release. Memory is
+fixed: one preallocated buffer of the longest utterance. Calls block (the model runs on the
+calling thread); one stream, one caller.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ _CONTEXT = 64  # samples of the previous window the model sees before each windo
 _HYSTERESIS = 0.15  # speech goes on until the probability falls this far below threshold
 
 Float32 = npt.NDArray[np.float32]
-EndReason = Literal["silence", "max_length", "ended"]
+EndReason = Literal["silence", "max_length", "ended", "released"]
 
 
 class SileroStream:
@@ -138,6 +143,7 @@ class UtteranceSegmenter:
         self._preroll_len = 0
         self.utterances = 0  # utterances started so far
         self._clock = 0  # samples of the stream scored so far
+        self.holding = False  # push-to-talk is held: silence does not end an utterance
         self._reset_utterance()
         self.active = False
 
@@ -180,7 +186,7 @@ class UtteranceSegmenter:
             if prob >= self.options.threshold:
                 self._voiced += WINDOW
             self._silence = self._silence + WINDOW if prob < self._low else 0
-            if self._silence >= self._min_silence:
+            if self._silence >= self._min_silence and not self.holding:
                 self._end(events, "silence")
             elif self._length >= self._max:
                 self._end(events, "max_length")
@@ -188,11 +194,12 @@ class UtteranceSegmenter:
                     self._begin(events, preroll=False)
         return events
 
-    def flush(self) -> list[SegmentEvent]:
-        """The stream stopped (the microphone went away): end the utterance in progress."""
+    def flush(self, reason: EndReason = "ended") -> list[SegmentEvent]:
+        """The stream stopped (the microphone went away, or push-to-talk was released): end
+        the utterance in progress, for ``reason``."""
         events: list[SegmentEvent] = []
         if self.active:
-            self._end(events, "ended")
+            self._end(events, reason)
         self.vad.reset()
         self._preroll_len = 0
         return events

@@ -215,3 +215,45 @@ async def test_a_vad_that_falls_behind_drops_the_oldest_audio(
             blocked.set()
             task.cancel()
             await asyncio.wait({task})
+
+
+async def test_push_to_talk_pauses_end_nothing_and_the_release_ends_it_at_once(
+    jfk: Float32, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pause in the audio must not end it here either: only the release.
+    monkeypatch.setattr(listener_module, "GAP_S", 60.0)
+
+    def transcribe(audio: Float32) -> Transcript:
+        return Transcript((Segment(0, 1, "what comes next"),), "en", audio.shape[0] / 16000)
+
+    # Speech, a pause four times the silence that ends a question, the same speech again.
+    phrase = jfk[: 2 * SAMPLE_RATE]
+    audio = np.concatenate([phrase, np.zeros(2 * SAMPLE_RATE, dtype=np.float32), phrase])
+    async with harness(transcribe, min_silence_ms=500, partial_interval_s=0) as h:
+        starts: list[str] = []
+        ends: list[str] = []
+        h.listener.on_speech_start = starts.append
+        h.listener.on_speech_end = ends.append
+        frames = frames_of(audio, 48000, "mono", "s16", ms=20)
+        h.listener.press()
+        task = asyncio.create_task(h.listener.run(FakeMic(frames, then="quiet")))
+        try:
+            await wait_for(
+                lambda: starts and h.listener.frames_received == len(frames), 20, "speaking"
+            )
+            await wait_for(lambda: not h.listener._backlog, 10, "all audio through the VAD")
+            assert starts == ["voice-1"] and not ends and not h.finals()
+            loop = asyncio.get_running_loop()
+            released = loop.time()
+            h.listener.release()
+            h.listener.release()  # a repeated release changes nothing
+            await wait_for(h.finals, 10, "the final transcript")
+            took = loop.time() - released
+            (final,) = h.finals()
+            assert final.ended == "released" and final.id == "voice-1", final
+            assert 5.0 < final.audio_s <= 6.0, final  # both phrases and the pause between
+            assert ends == ["voice-1"] and h.asked == [("what comes next", "voice-1")]
+            assert took < 1.0, f"{took:.2f} s from the release to the final transcript"
+        finally:
+            task.cancel()
+            await asyncio.wait({task})

@@ -208,3 +208,37 @@ async def test_an_answer_goes_before_guidance_that_waits(rig: Rig) -> None:
         "Warning: The oil pan is missing.",
         "Next: Slide the pan under the engine.",
     ]
+
+
+async def test_barge_in_cuts_at_once_and_the_rest_of_that_answer_is_never_spoken(rig: Rig) -> None:
+    first = "Loosen the drain plug slowly with the ratchet, one turn at a time."
+    rig.speaker.observe(answer("q1", delta=f"{first} Then"))
+    await wait_for(lambda: rig.track.speaking, 20, "speaking")
+    await wait_for(lambda: rig.frames and rig.frames[-1].to_ndarray().any(), 10, "voiced")
+    assert rig.speaker.interrupt(), "it was speaking: the sentence is cut"
+    cut_at = len(rig.frames)
+    assert rig.speaker.interruptions == 1 and rig.track.pending == 0
+    rig.speaker.hold(30)
+    # The very next frame is silent: the track's buffered audio is gone.
+    await wait_for(lambda: len(rig.frames) > cut_at + 25, 10, "frames after the cut")
+    assert not any(f.to_ndarray().any() for f in rig.frames[cut_at:])
+    # The rest of that answer streams on, and is not spoken; a new answer waits for the hold.
+    rig.speaker.observe(answer("q1", delta=" drain the oil into the pan."))
+    rig.speaker.observe(answer("q1", text=f"{first} Then drain the oil into the pan."))
+    rig.speaker.observe(answer("q2", text="Use a fourteen millimetre socket."))
+    frames = len(rig.frames)
+    await wait_for(lambda: len(rig.frames) > frames + 50, 10, "a second of the track")
+    assert not rig.track.speaking and rig.speaker.held
+    rig.speaker.hold(None)
+    await wait_for(lambda: rig.speaker.sentences_spoken == 2, 20, "the new answer spoken")
+    speech = [e for e in rig.events if isinstance(e, SpeechEvent)]
+    assert [(e.state, e.id, e.interrupted) for e in speech] == [
+        ("start", "q1", False),
+        ("end", "q1", True),
+        ("start", "q2", False),
+        ("end", "q2", False),
+    ]
+    assert speech[0].text == first
+    # Nothing playing: an interruption cuts nothing (and is not counted).
+    await wait_for(lambda: rig.speaker.idle, 10)
+    assert not rig.speaker.interrupt() and rig.speaker.interruptions == 1
