@@ -1,9 +1,11 @@
 // LaViA Live browser client: sends a camera (or the demo video) to the server over WebRTC
 // and shows the guidance, answers and state events that come back on the `lavia` data
 // channel; plays the assistant's voice from the audio track it receives (or speaks with the
-// browser's own speech synthesis instead); sends the microphone, when the person turns it on,
-// for voice questions (hands-free: the server finds where a question ends). Plain ES module, standard APIs only, no build step. Protocol version 1 (see the
-// README): POST /offer with a complete (non-trickle) SDP offer, JSON events on the channel.
+// browser's own speech synthesis instead); sends the microphone for voice questions, either
+// hands-free (the server finds where a question ends) or push-to-talk (only while a button or
+// the Space bar is held); speaking, or a press, stops the assistant's voice (barge-in).
+// Plain ES module, standard APIs only, no build step. Protocol version 1 (see the README):
+// POST /offer with a complete (non-trickle) SDP offer, JSON events on the channel.
 
 const PROTOCOL = 1;
 const DEMO_SOURCE = "demo";
@@ -22,6 +24,16 @@ const NORMAL_WPM = 160; // the browser's rate 1.0
 const MAX_SPEECH_LOG = 100;
 // The microphone: the browser's own echo cancelling keeps the assistant's voice out of it.
 const MIC_CONSTRAINTS = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+const HANDS_FREE = "hands-free";
+const PUSH_TO_TALK = "push-to-talk";
+const MIC_HELP = {
+  [HANDS_FREE]:
+    "Mic on: just speak a question (hands-free); it is answered when you pause. " +
+    "Speaking stops the assistant.",
+  [PUSH_TO_TALK]:
+    "Hold the button, or the Space bar (outside text fields), while you ask; release to " +
+    "send. Pressing stops the assistant.",
+};
 const DEFAULT_CAPTURE = { width: 640, height: 480, frame_rate: 5, max_bitrate_kbps: 300 };
 
 const $ = (id) => document.getElementById(id);
@@ -67,6 +79,8 @@ const ui = {
   mic: $("mic"),
   micLevel: $("mic-level"),
   micTranscript: $("mic-transcript"),
+  micMode: $("mic-mode"),
+  micHelp: $("mic-help"),
 };
 
 const app = {
@@ -79,7 +93,8 @@ const app = {
   dc: null,
   sender: null,
   micSender: null, // the audio transceiver's sender: the microphone track, or none
-  mic: null, // {stream, track, stop()} while the microphone is on
+  mic: null, // {stream, track, stop()} while the microphone is open
+  talking: false, // push-to-talk: the button or the Space bar is held
   listening: null, // hello.listening: {model, max_utterance_s, gate_while_speaking} or null
   transcripts: [], // transcript events received, for tests
   generation: 0, // bumped on every teardown: events of an old peer are ignored
@@ -93,7 +108,15 @@ const app = {
   warning: null,
   answers: new Map(), // question id -> {li, text}
   // The person's voice settings (kept in this browser): server voice id, browser voice name.
-  speech: { muted: false, browser: false, voice: "", browserVoice: "", rate: NORMAL_WPM },
+  // talkMode: hands-free or push-to-talk.
+  speech: {
+    muted: false,
+    browser: false,
+    voice: "",
+    browserVoice: "",
+    rate: NORMAL_WPM,
+    talkMode: HANDS_FREE,
+  },
   serverSpeech: null, // hello.speech: {engine, voices, voice, rate_wpm, muted} or null
   speechLog: [], // speech events received and texts spoken by the browser, for tests
 };
@@ -243,6 +266,7 @@ async function start() {
 }
 
 function stop() {
+  talkEnd();
   app.running = false;
   clearTimeout(app.retryTimer);
   app.retryTimer = null;
@@ -287,7 +311,7 @@ function updateButtons() {
   ui.question.disabled = !canTalk;
   ui.askButton.disabled = !canTalk;
   ui.reset.disabled = !canTalk;
-  ui.mic.disabled = !app.running && !app.mic;
+  ui.mic.disabled = !app.running && !app.mic && !app.talking;
 }
 
 // ---------------------------------------------------------------- video sources
@@ -459,7 +483,7 @@ function openPeer(stale) {
   // One audio transceiver both ways: the assistant's voice comes back on it, and it sends
   // the microphone while it is on (replaceTrack, no new offer). The video source never
   // sends audio of its own: the demo video's narration must not become a question.
-  const audio = pc.addTransceiver(app.mic?.track ?? "audio", { direction: "sendrecv" });
+  const audio = pc.addTransceiver(micTrackToSend() ?? "audio", { direction: "sendrecv" });
   app.micSender = audio.sender;
   pc.addEventListener("track", (event) => {
     if (!stale() && event.track.kind === "audio") playVoice(event.track);
@@ -827,7 +851,8 @@ function stopVoice() {
 }
 
 function onSpeech(msg) {
-  logSpeech({ type: "speech", state: msg.state, text: msg.text, kind: msg.kind, id: msg.id });
+  const { state, text, kind, id } = msg;
+  logSpeech({ type: "speech", state, text, kind, id, interrupted: Boolean(msg.interrupted) });
   if (msg.state === "start") showCaption(msg.text);
   else if (ui.speechCaption.textContent === msg.text) showCaption(null);
 }
@@ -887,24 +912,88 @@ function saveSpeech() {
 // ---------------------------------------------------------------- microphone
 
 function initMic() {
+  if (![HANDS_FREE, PUSH_TO_TALK].includes(app.speech.talkMode)) app.speech.talkMode = HANDS_FREE;
+  ui.micMode.value = app.speech.talkMode;
+  ui.micMode.addEventListener("change", () => {
+    talkEnd();
+    micOff();
+    app.speech.talkMode = ui.micMode.value;
+    saveSpeech();
+    renderMic();
+  });
+  // Hands-free: a click turns the microphone on or off. Push-to-talk: held, not clicked.
   ui.mic.addEventListener("click", () => {
+    if (pushToTalk()) return;
     if (app.mic) micOff();
     else micOn();
   });
+  ui.mic.addEventListener("pointerdown", (event) => {
+    if (!pushToTalk() || event.button !== 0) return;
+    ui.mic.setPointerCapture?.(event.pointerId); // released anywhere still counts
+    talkStart();
+  });
+  for (const name of ["pointerup", "pointercancel", "lostpointercapture"]) {
+    ui.mic.addEventListener(name, () => talkEnd());
+  }
+  // The Space bar talks anywhere on the page except in a field it types or acts in.
+  window.addEventListener("keydown", (event) => {
+    if (event.code !== "Space" || !pushToTalk() || !app.running || usesSpace(event.target)) {
+      return;
+    }
+    event.preventDefault();
+    if (!event.repeat) talkStart();
+  });
+  window.addEventListener("keyup", (event) => {
+    if (event.code !== "Space" || !app.talking) return;
+    event.preventDefault();
+    talkEnd();
+  });
+  window.addEventListener("blur", () => talkEnd()); // its key-up would never come
+  renderMic();
 }
 
-async function micOn() {
-  if (app.mic) return;
+function pushToTalk() {
+  return app.speech.talkMode === PUSH_TO_TALK;
+}
+
+function usesSpace(target) {
+  return Boolean(target?.closest?.("input, textarea, select, [contenteditable]"));
+}
+
+// The track the audio transceiver sends: the microphone while it is on (hands-free) or held.
+function micTrackToSend() {
+  if (!app.mic || (pushToTalk() && !app.talking)) return null;
+  return app.mic.track;
+}
+
+async function attachMic() {
+  if (!app.micSender) return;
+  const track = micTrackToSend();
+  try {
+    await app.micSender.replaceTrack(track);
+  } catch {
+    if (track) scheduleReconnect("the microphone needs a new connection");
+  }
+}
+
+// Opens the microphone once (its level meter runs while it is open); null when it cannot be.
+async function openMic() {
+  if (app.mic) return app.mic;
   if (!navigator.mediaDevices?.getUserMedia) {
     showError("The microphone needs a secure page (https:// or localhost).");
-    return;
+    return null;
   }
   let stream;
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: MIC_CONSTRAINTS, video: false });
   } catch (err) {
     showError(describeMediaError(err, MIC));
-    return;
+    return null;
+  }
+  if (app.mic) {
+    // opened twice at once (a click and a key): keep the first
+    stream.getTracks().forEach((t) => t.stop());
+    return app.mic;
   }
   const track = stream.getAudioTracks()[0];
   const meter = levelMeter(stream);
@@ -918,18 +1007,19 @@ async function micOn() {
   };
   track.addEventListener("ended", () => {
     if (app.mic?.track !== track) return;
+    talkEnd();
     micOff();
     showError("The microphone stopped (was it unplugged or taken by another app?).");
   });
+  return app.mic;
+}
+
+async function micOn() {
+  const mic = await openMic();
+  if (!mic || pushToTalk()) return;
   renderMic();
   showMicText(app.listening || !app.live ? "Listening…" : "The server is not listening.", "idle");
-  if (app.micSender) {
-    try {
-      await app.micSender.replaceTrack(track);
-    } catch {
-      scheduleReconnect("the microphone needs a new connection");
-    }
-  }
+  await attachMic();
 }
 
 function micOff() {
@@ -942,10 +1032,39 @@ function micOff() {
   showMicText("", "idle");
 }
 
+// Push-to-talk pressed: the assistant stops at once (the server drops the rest of what it
+// was saying; what is still on its way is not played), then the microphone is sent.
+async function talkStart() {
+  if (app.talking || !app.running || !pushToTalk()) return;
+  app.talking = true;
+  send({ type: "talk", state: "start" });
+  stopVoice();
+  ui.speechAudio.muted = true;
+  renderMic();
+  const mic = await openMic();
+  if (!mic || !app.talking) return; // failed, or released while it opened
+  showMicText(app.listening || !app.live ? "Listening…" : "The server is not listening.", "idle");
+  await attachMic();
+}
+
+// Released: the microphone is no longer sent and the server transcribes the question now.
+function talkEnd() {
+  if (!app.talking) return;
+  app.talking = false;
+  attachMic();
+  send({ type: "talk", state: "end" });
+  ui.speechAudio.muted = app.speech.muted || app.speech.browser;
+  renderMic();
+}
+
 function renderMic() {
-  const on = Boolean(app.mic);
+  const ptt = pushToTalk();
+  const on = ptt ? app.talking : Boolean(app.mic);
+  ui.mic.dataset.mode = app.speech.talkMode;
   ui.mic.setAttribute("aria-pressed", String(on));
-  ui.mic.textContent = on ? "Mic on" : "Mic off";
+  if (ptt) ui.mic.textContent = on ? "Talking… (release to send)" : "Hold to talk";
+  else ui.mic.textContent = on ? "Mic on" : "Mic off";
+  ui.micHelp.textContent = MIC_HELP[app.speech.talkMode];
   ui.micLevel.hidden = !on;
   updateButtons();
 }
@@ -980,8 +1099,10 @@ function levelMeter(stream) {
 // What the server heard: partial while the person speaks, then final (asked as a question
 // with the same id, so its answer lands in the same entry).
 function onTranscript(msg) {
-  app.transcripts.push({ id: msg.id, final: msg.final, text: msg.text });
+  app.transcripts.push({ id: msg.id, final: msg.final, text: msg.text, ended: msg.ended ?? null });
   if (app.transcripts.length > MAX_SPEECH_LOG) app.transcripts.shift();
+  // The person is talking: the browser's own voice stops too (the server's stopped already).
+  if (app.speech.browser && !msg.final) stopVoice();
   if (!msg.final) {
     showMicText(msg.text, "partial");
   } else if (msg.text) {
@@ -1214,6 +1335,10 @@ window.laviaLive = {
   // Speech events received and texts given to the browser's speech synthesis, oldest first.
   speechLog() {
     return app.speechLog.slice();
+  },
+  // Whether the microphone is being sent now (hands-free on, or push-to-talk held).
+  micSending() {
+    return Boolean(app.micSender?.track);
   },
   // Transcript events received (what the server heard from the microphone), oldest first.
   transcripts() {

@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 from playwright.async_api import Page
 
+from lavia_live.config import Settings
 from lavia_live.speech.synthesis import resample
 from lavia_live.speech.tts import synthesize
 from tests.lavia_live.server.browser import DEADLINE_S, chromium, wait_for_page, wait_until
+from tests.lavia_live.server.conftest import running_server
 from tests.lavia_live.server.test_browser import STATE, open_page, sessions_end, shot
 
 SPOKEN = "window.laviaLive.speechLog().filter(e => e.type === 'speech' && e.state === 'end')"
@@ -135,11 +137,15 @@ def spoken_wav(text: str, path: Path) -> Path:
     return path
 
 
+QUESTION = "How do I remove the drain plug from the engine oil pan?"
+KEYWORDS = {"remove", "drain", "plug", "engine", "oil", "pan"}
+
+
 async def test_the_page_asks_a_spoken_question_with_its_microphone(
     live_server: Any, tmp_path: Path
 ) -> None:
     name = "voice-question"
-    wav = spoken_wav("How do I remove the drain plug from the engine oil pan?", tmp_path / "q.wav")
+    wav = spoken_wav(QUESTION, tmp_path / "q.wav")
     async with chromium(tmp_path / "profile", fake_audio=wav) as context:
         page = await context.new_page()
         problems: list[str] = []
@@ -163,7 +169,7 @@ async def test_the_page_asks_a_spoken_question_with_its_microphone(
             "a final transcript",
         )
         heard = set(re.findall(r"[a-z]+", final["text"].lower()))
-        assert len(heard & {"remove", "drain", "plug", "engine", "oil", "pan"}) >= 3, final
+        assert len(heard & KEYWORDS) >= 3, final
         # The question and its answer are shown in the answers list, and the answer is spoken.
         entry = "document.querySelector('#answers li[data-final]')"
         await wait_for_page(page, entry)
@@ -183,3 +189,68 @@ async def test_the_page_asks_a_spoken_question_with_its_microphone(
         assert not problems, problems
         await page.click("#stop")
     await sessions_end(live_server)
+
+
+async def test_push_to_talk_with_the_space_bar_interrupts_and_sends_at_release(
+    tmp_path: Path,
+) -> None:
+    name = "push-to-talk"
+    wav = spoken_wav(QUESTION, tmp_path / "q.wav")  # 1 s, the question, 2 s of silence
+    with wave.open(str(wav)) as w:
+        wav_s = w.getnframes() / w.getframerate()
+    async with (
+        running_server(Settings()) as server,
+        chromium(tmp_path / "profile", fake_audio=wav) as context,
+    ):
+        page = await context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        await open_page(page, server.url)
+        await page.select_option("#mic-mode", "push-to-talk")
+        session = await start_demo(page, server)
+        speaker, listener = session.speaker, session.listener
+        assert speaker is not None and listener is not None
+        assert (await page.text_content("#mic") or "").strip() == "Hold to talk"
+        # Space typed in the question box is a space, not a press.
+        await page.focus("#question")
+        await page.keyboard.down("Space")
+        await page.keyboard.up("Space")
+        assert await page.input_value("#question") == " "
+        assert await page.get_attribute("#mic", "aria-pressed") == "false"
+        await page.fill("#question", "")
+        await page.focus("#mic")
+        # The guidance is being spoken: holding Space stops it at once.
+        await wait_until(lambda: speaker.track.queued_s > 1.0, "the assistant speaking")
+        await page.keyboard.down("Space")
+        await wait_until(lambda: speaker.interruptions == 1, "the voice cut by the press")
+        cut = await page_value(
+            page,
+            "window.laviaLive.speechLog().find(e => e.state === 'end' && e.interrupted)",
+            "an interrupted sentence",
+        )
+        assert cut["kind"] == "guidance", cut
+        assert await page.get_attribute("#mic", "aria-pressed") == "true"
+        await page_value(page, "window.laviaLive.micSending()", "the microphone sent")
+        # Held through the question and well over a second of silence after it (the fake
+        # microphone starts when it is first opened): a pause ends nothing while held.
+        await wait_until(
+            lambda: listener.frames_received * 0.02 > wav_s - 0.5, "the question heard"
+        )
+        assert not await page.evaluate("window.laviaLive.transcripts().some(t => t.final)")
+        await shot(page, name, "held")
+        await page.keyboard.up("Space")
+        await page_value(page, "!window.laviaLive.micSending()", "the microphone detached")
+        assert await page.get_attribute("#mic", "aria-pressed") == "false"
+        final = await page_value(
+            page,
+            "window.laviaLive.transcripts().find(t => t.final && t.text)",
+            "a final transcript",
+        )
+        assert final["ended"] == "released", final
+        heard = set(re.findall(r"[a-z]+", final["text"].lower()))
+        assert len(heard & KEYWORDS) >= 3, final
+        await page_value(page, f"{SPOKEN}.some(e => e.id === {final['id']!r})", "the answer spoken")
+        await shot(page, name, "answered")
+        assert not problems, problems
+        await page.click("#stop")
+        await sessions_end(server)
