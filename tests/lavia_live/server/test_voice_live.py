@@ -1,10 +1,14 @@
 """Voice questions over real WebRTC on loopback: an aiortc client sends its "microphone" (an
 eSpeak-spoken question, the JFK recording) as a 48 kHz audio track beside the demo video;
 the server's VAD cuts the utterance, the shared faster-whisper worker transcribes it, the
-client receives partial and final ``transcript`` events, then the answer, and hears it."""
+client receives partial and final ``transcript`` events, then the answer, and hears it.
+Barge-in: speaking over a long answer stops the voice the client receives within a bound
+measured from the first voiced packet it sent."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import time
 from pathlib import Path
@@ -13,6 +17,8 @@ from typing import Any
 import jiwer
 import numpy as np
 import numpy.typing as npt
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 
 from lavia_live.config import Settings
 from lavia_live.server.app import LiveServer
@@ -25,6 +31,9 @@ from tests.lavia_live.server.test_live import Client
 
 QUESTION = "How do I remove the drain plug from the engine oil pan?"
 KEYWORDS = {"remove", "drain", "plug", "engine", "oil", "pan"}
+VOICED = 500  # a received frame with a sample this loud carries the assistant's voice
+BARGE_IN_BOUND_S = 0.5  # the test's bound on 2 shared cores; the target (300 ms) is the
+# benchmark's (benchmarks/voice_bargein.py)
 JFK = (
     "And so my fellow Americans, ask not what your country can do for you, "
     "ask what you can do for your country."
@@ -41,37 +50,87 @@ def voice_settings(**listening: Any) -> Settings:
 
 class MicClient(Client):
     """The protocol client plus a microphone: a paced 48 kHz track that is silent until
-    :meth:`say` queues speech on it (sendrecv: the assistant's voice comes back on it)."""
+    :meth:`say` queues speech on it (sendrecv: the assistant's voice comes back on it, and
+    :attr:`heard` notes when each of its frames arrived and how loud it was)."""
 
     def __init__(self, server: LiveServer, video: Path) -> None:
         super().__init__(server, video)
         self.mic = SpeechTrack()
         self.pc.addTrack(self.mic)
+        self.said_from: float | None = None  # when the first sample of speech went out
         self.said_at: float | None = None  # when the last sample of speech went out
+        self.heard: list[tuple[float, int]] = []  # (arrival, peak) per frame of the voice
+        self.event_times: list[float] = []  # arrival of each of self.events
+        self.channel.on("message", lambda m: self.event_times.append(time.monotonic()))
+        self._listening: asyncio.Task[None] | None = None
+        self.pc.on("track", self._on_track)
 
-    def say(self, speech: npt.NDArray[np.int16]) -> None:
-        """Speak ``speech`` (48 kHz) with a second of silence on each side."""
-        self.said_at = None
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio" and self._listening is None:
+            self._listening = asyncio.create_task(self._listen(track))
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            peak = int(np.abs(frame.to_ndarray()).max(initial=0))
+            self.heard.append((time.monotonic(), peak))
+
+    def say(self, speech: npt.NDArray[np.int16], pause_s: float = 1.0) -> None:
+        """Speak ``speech`` (48 kHz) with ``pause_s`` of silence on each side."""
+        self.said_from = self.said_at = None
+
+        def started() -> None:
+            self.said_from = time.monotonic()
 
         def done() -> None:
             self.said_at = time.monotonic()
 
-        pause = np.zeros(SAMPLE_RATE, dtype=np.int16)
-        self.mic.play(pause)
-        self.mic.play(speech, on_end=done)
-        self.mic.play(pause)
+        pause = np.zeros(int(SAMPLE_RATE * pause_s), dtype=np.int16)
+        if pause_s:
+            self.mic.play(pause)
+        self.mic.play(speech, on_start=started, on_end=done)
+        self.mic.play(pause if pause_s else np.zeros(SAMPLE_RATE, dtype=np.int16))
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.channel.send(json.dumps(message))
 
     def transcripts(self, final: bool) -> list[dict[str, Any]]:
         return [e for e in self.of("transcript") if e["final"] is final]
 
+    def timed(self, event_type: str, /, **match: Any) -> list[tuple[float, dict[str, Any]]]:
+        """Events of ``event_type`` with these field values, with their arrival times."""
+        return [
+            (t, e)
+            for t, e in zip(self.event_times, self.events, strict=True)
+            if e["type"] == event_type and all(e.get(k) == v for k, v in match.items())
+        ]
+
+    def speech(self, **match: Any) -> list[tuple[float, dict[str, Any]]]:
+        return self.timed("speech", **match)
+
+    def voiced_since(self, t: float) -> int:
+        return sum(1 for at, peak in self.heard if at >= t and peak >= VOICED)
+
     async def close(self) -> None:
         self.mic.stop()
         await super().close()
+        if self._listening is not None:
+            self._listening.cancel()
+            await asyncio.wait({self._listening})
 
 
 def spoken(text: str) -> npt.NDArray[np.int16]:
     """``text`` in eSpeak's voice at 48 kHz."""
     return resample(synthesize(text), SAMPLE_RATE)
+
+
+def from_the_first_sound(pcm: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+    """``pcm`` without its leading silence: its first frame is voiced."""
+    loud = np.flatnonzero(np.abs(pcm) >= VOICED)
+    return pcm[int(loud[0]) if loud.size else 0 :]
 
 
 async def test_a_spoken_question_is_transcribed_answered_and_spoken(
@@ -87,6 +146,7 @@ async def test_a_spoken_question_is_transcribed_answered_and_spoken(
                 "model": "embedded:tiny.en",
                 "max_utterance_s": 15.0,
                 "gate_while_speaking": False,
+                "barge_in": True,
             }
             assert hello["speech"] is not None, "sendrecv: the voice comes back on the mic's track"
             session = server.sessions[client.sid]
@@ -158,3 +218,84 @@ async def test_jfk_sent_as_webrtc_audio_comes_back_as_its_sentence(
         await wait_for(lambda: not server.sessions, 20, "session closed")
     # Nothing the listening started is left: no task, no VAD or recognition thread.
     await left.check()
+
+
+def stop_time(client: MicClient, spoke_from: float, until: float) -> float:
+    """Seconds from the first voiced packet the client sent (``spoke_from``) to the last
+    voiced frame of the assistant it received before ``until`` (0 when none came after)."""
+    voiced = [at for at, peak in client.heard if spoke_from <= at < until and peak >= VOICED]
+    return max(voiced, default=spoke_from) - spoke_from
+
+
+async def barge_in(
+    client: MicClient, question: npt.NDArray[np.int16], answer_id: str, heard_frames: int = 10
+) -> float:
+    """While the answer ``answer_id`` is being spoken with seconds of it left (and
+    ``heard_frames`` voiced frames of it have arrived), speak ``question`` over it; the stop
+    time (:func:`stop_time`), once the voice has been quiet for a second after the cut."""
+    speaker = client.server.sessions[client.sid].speaker
+    assert speaker is not None
+
+    def speaking() -> bool:
+        started = client.speech(id=answer_id, state="start")
+        return (
+            bool(started)
+            and speaker.track.queued_s > 2.0
+            and client.voiced_since(started[0][0]) >= heard_frames
+        )
+
+    await wait_for(speaking, 120, f"answer {answer_id} spoken, seconds of it left")
+    client.say(from_the_first_sound(question), pause_s=0)
+    await wait_for(lambda: client.said_from is not None, 10, "the question sent")
+    spoke_from = client.said_from
+    assert spoke_from is not None
+    await wait_for(lambda: client.speech(id=answer_id, interrupted=True), 10, "interrupted")
+    cut_at = client.speech(id=answer_id, interrupted=True)[0][0]
+
+    def quiet() -> bool:  # a second of silence since the cut: nothing more of it can come
+        since = [peak for at, peak in client.heard if at > cut_at]
+        return len(since) >= 50 and max(since[-50:]) < VOICED
+
+    await wait_for(quiet, 10, "a second of silence after the cut")
+    next_start = [t for t, _ in client.speech(state="start") if t > spoke_from]
+    return stop_time(client, spoke_from, next_start[0] if next_start else time.monotonic())
+
+
+async def test_speaking_over_a_long_answer_stops_it_and_the_new_question_is_answered(
+    demo_video: tuple[Path, dict[str, Any]],
+) -> None:
+    # A slow voice makes any answer long; partials off keeps recognition for the final.
+    async with running_server(voice_settings(partial_interval_s=0)) as server:
+        client = MicClient(server, demo_video[0])
+        try:
+            await client.connect()
+            session = server.sessions[client.sid]
+            speaker = session.speaker
+            assert speaker is not None
+            client.send({"type": "speech", "rate": 80})
+            await wait_for(lambda: speaker.rate_wpm == 80, 10, "the slow voice")
+            client.send({"type": "question", "text": "What do I do next, and why?", "id": "q1"})
+            question = spoken(QUESTION)
+            stopped_s = await barge_in(client, question, "q1")
+            print(
+                f"\nbarge-in: the voice stopped {stopped_s * 1000:.0f} ms after the first voiced packet"
+            )
+            assert stopped_s <= BARGE_IN_BOUND_S, f"{stopped_s * 1000:.0f} ms"
+            assert speaker.interruptions == 1
+            # The cut sentence ends marked; nothing more of that answer is ever spoken,
+            # though its text streams on to the end.
+            (cut_at, cut), *_ = client.speech(id="q1", interrupted=True)
+            assert cut["state"] == "end" and cut["kind"] == "answer"
+            await wait_for(lambda: client.transcripts(final=True), 90, "a final transcript")
+            final = client.transcripts(final=True)[0]
+            uid = final["id"]
+            assert len(set(words(final["text"])) & KEYWORDS) >= 3, final
+            await wait_for(
+                lambda: client.speech(id=uid, state="start"), 90, "the new question's answer spoken"
+            )
+            assert any(a["final"] and a["id"] == "q1" for a in client.of("answer"))
+            assert not [e for t, e in client.speech(id="q1") if t > cut_at], client.of("speech")
+            assert not client.of("error"), client.of("error")
+        finally:
+            await client.close()
+        await wait_for(lambda: not server.sessions, 20, "session closed")

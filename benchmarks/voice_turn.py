@@ -1,0 +1,186 @@
+"""Voice turn latency: the end of the person's question → the first answer audio they hear.
+
+    python benchmarks/voice_turn.py [--turns 20]
+
+A real ``lavia serve`` with its embedded models on this machine (the model with one torch
+thread, faster-whisper ``tiny.en``, the Silero VAD, eSpeak NG) in this process, and an
+aiortc client on loopback (the voice tests' ``MicClient``) that streams a rendered demo
+video and speaks eSpeak questions on a paced 48 kHz microphone track. Each turn starts once
+the previous answer is complete (its voice may still be playing: the question interrupts
+it). Turns where guidance was spoken before the answer are listed apart (the answer waited
+for that sentence to end).
+
+Spans, on the one clock client and server share (``time.monotonic``), from the last voiced
+sample of the question leaving the client:
+
+- end-pointing: → the server ends the utterance (transport, ``listening.min_silence_ms``
+  of silence, the VAD); the final transcript's ``latency_ms`` taken off the next span;
+- recognition: → the final ``transcript`` (queue and faster-whisper, its ``latency_ms``);
+- model: → the ``answer`` delta that completes the first sentence reaches the client (the
+  question queued, the model's first tokens);
+- synthesis: → that sentence's ``speech`` start (eSpeak NG, resampling, the next 20 ms
+  frame);
+- transport: → the first voiced frame of it at the client (Opus, RTP, the jitter buffer);
+- turn: the sum, end of speech → first answer audio at the client. Target: p50 ≤ 800 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from _loopback import use_loopback_only_ice
+from _media import demo_video
+from _server import fmt, machine, percentile, setup_logging, table
+from voice_bargein import still_client
+
+from lavia_live.config import Settings
+from lavia_live.engines.factory import frame_max_side, open_engine
+from lavia_live.server.app import LiveServer
+from lavia_live.speech.sentences import SentenceSplitter
+from tests.lavia_live.server.conftest import wait_for
+from tests.lavia_live.server.test_voice_live import VOICED, MicClient, from_the_first_sound, spoken
+
+VIDEO_SEED = 101  # the demo video whose first frame the camera shows
+log = logging.getLogger("voice_turn")
+
+QUESTIONS = (
+    "What do I do next?",
+    "Where does the old oil go?",
+    "How tight should the drain plug be?",
+    "Which tool do I need for the drain plug?",
+    "How much oil goes into the engine?",
+)
+
+
+@dataclass
+class Turn:
+    endpointing: float
+    recognition: float
+    model: float
+    synthesis: float
+    transport: float
+    after_guidance: bool
+
+    @property
+    def total(self) -> float:
+        return self.endpointing + self.recognition + self.model + self.synthesis + self.transport
+
+
+def voiced_only(pcm: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
+    """``pcm`` without the silence before and after the speech."""
+    pcm = from_the_first_sound(pcm)
+    loud = np.flatnonzero(np.abs(pcm) >= VOICED)
+    return pcm[: int(loud[-1]) + 1 if loud.size else 0]
+
+
+async def one_turn(client: MicClient, question: npt.NDArray[np.int16]) -> Turn | None:
+    finals = len(client.transcripts(final=True))
+    client.say(question, pause_s=0)
+    await wait_for(lambda: client.said_at is not None, 30, "the question sent")
+    ended = client.said_at
+    assert ended is not None
+    await wait_for(lambda: len(client.transcripts(final=True)) > finals, 60, "a final")
+    (heard_at, final) = client.timed("transcript", final=True)[-1]
+    if not final["text"]:
+        log.warning("nothing recognised")
+        return None
+    uid = final["id"]
+    await wait_for(lambda: client.timed("speech", id=uid, state="start"), 120, "spoken")
+    started_at = client.timed("speech", id=uid, state="start")[0][0]
+    await wait_for(lambda: client.voiced_since(started_at) > 0, 20, "heard")
+    first_voiced = min(at for at, peak in client.heard if at >= started_at and peak >= VOICED)
+    splitter = SentenceSplitter()
+    sentence_at = None
+    for at, event in client.timed("answer", id=uid):
+        if event["final"] or splitter.feed(str(event["delta"] or "")):
+            sentence_at = at
+            break
+    assert sentence_at is not None
+    recognition = float(final["latency_ms"]) / 1000
+    guidance = [t for t, _ in client.timed("speech", kind="guidance", state="start")]
+    await wait_for(
+        lambda: any(e["final"] for _, e in client.timed("answer", id=uid)), 120, "answered"
+    )
+    return Turn(
+        endpointing=heard_at - ended - recognition,
+        recognition=recognition,
+        model=sentence_at - heard_at,
+        synthesis=started_at - sentence_at,
+        transport=first_voiced - started_at,
+        after_guidance=any(ended < t < started_at for t in guidance),
+    )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    use_loopback_only_ice()
+    video = await asyncio.to_thread(demo_video, VIDEO_SEED, fps=5)
+    engine = await asyncio.to_thread(open_engine, "embedded", cpu_threads=1)
+    settings = Settings.model_validate({"listening": {"partial_interval_s": 0}})
+    server = LiveServer(settings, engine, frame_max_side=frame_max_side("embedded"))
+    await server.start("127.0.0.1", 0)
+    questions = [voiced_only(await asyncio.to_thread(spoken, q)) for q in QUESTIONS]
+    turns: list[Turn] = []
+    unheard = 0
+    client = still_client(server, video.path)
+    try:
+        await client.connect()
+        for i in range(args.turns):
+            turn = await one_turn(client, questions[i % len(questions)])
+            if turn is None:
+                unheard += 1
+                continue
+            turns.append(turn)
+            log.info("turn %d: %.0f ms", i + 1, turn.total * 1000)
+    finally:
+        await client.close()
+        await server.stop()
+        await engine.aclose()
+
+    clean = [t for t in turns if not t.after_guidance]
+
+    def row(name: str, span: str, values: list[float]) -> list[str]:
+        ms = [v * 1000 for v in values]
+        return [name, span, str(len(ms)), fmt(percentile(ms, 50), 0), fmt(percentile(ms, 95), 0)]
+
+    rows = [
+        row("end-pointing", "end of speech → utterance ended", [t.endpointing for t in clean]),
+        row("recognition", "→ final transcript", [t.recognition for t in clean]),
+        row("model", "→ first sentence of the answer", [t.model for t in clean]),
+        row("synthesis", "→ its first frame sent", [t.synthesis for t in clean]),
+        row("transport", "→ first voiced frame at the client", [t.transport for t in clean]),
+        row("**turn**", "end of speech → first answer audio", [t.total for t in clean]),
+        row(
+            "turn, after guidance",
+            "(guidance was spoken first)",
+            [t.total for t in turns if t.after_guidance],
+        ),
+    ]
+    print(
+        f"## Voice turn latency: {len(clean)} turns over WebRTC on loopback, embedded models "
+        f"(min_silence_ms {settings.listening.min_silence_ms})\n"
+    )
+    print(table(["span", "from → to", "n", "p50 ms", "p95 ms"], rows))
+    print(
+        f"\n{unheard} turns were not recognised. Target: p50 ≤ 800 ms. {machine()}.",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--turns", type=int, default=20, help="questions (at least 20)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args()
+    setup_logging(args.verbose)
+    started = time.perf_counter()
+    asyncio.run(main_async(args))
+    log.info("done in %.0f s", time.perf_counter() - started)
+
+
+if __name__ == "__main__":
+    main()
