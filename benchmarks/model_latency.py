@@ -1,0 +1,92 @@
+"""Per-clip latency of an in-process model, by guidance decoding: free, held to the task's
+steps (greedy), held to the steps with beam search. Prints a markdown table.
+
+    python benchmarks/model_latency.py [--model embedded] [--clips 30] [--beams 4]
+
+The clips are the 15-frame guidance clips of a demo video rendered here (the data build's
+oracle records), asked one after another with torch's threads on every core, each decoding
+in turn on the same clip so that the machine's noise is shared; ratios are against free
+decoding. Target for the embedded model: p50 ≤ 0.3 s per clip on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from lavia_live.config.loader import load_settings
+from lavia_live.contract.prompt import parse_llava_text
+from lavia_live.contract.records import iter_records
+from lavia_live.contract.tasks import TaskLibrary
+from lavia_live.engines.base import GenerationOptions, complete
+from lavia_live.engines.local import LocalEngine
+from lavia_live.models import model_folder
+from lavia_live.resources import shipped_path
+from training.config import PipelineSettings
+from training.data.build import build_dataset
+from training.demo.render import DemoSpec, render_demo_video
+
+
+async def clips(folder: Path, count: int) -> list[tuple[str, list[bytes]]]:
+    """Prompt text and JPEG frames of ``count`` 15-frame guidance clips of a demo video."""
+    task = TaskLibrary.load().require("demo_oil_change")
+    render_demo_video(task, 700001, folder / "videos", DemoSpec(narration=False, mistake_rate=1))
+    settings = load_settings(
+        PipelineSettings, files=[shipped_path("configs/train_demo.yaml")], env={}
+    ).settings
+    await build_dataset([folder / "videos"], folder / "ds", settings, progress=False)
+    records = [
+        r
+        for r in iter_records(folder / "ds" / "records.jsonl")
+        if r.annotation is not None and len(r.image) == 15
+    ]
+    return [
+        (r.prompt_text, [(folder / "ds" / p).read_bytes() for p in r.image])
+        for r in records[:count]
+    ]
+
+
+async def measure(model: str, beams: int, count: int) -> dict[str, list[float]]:
+    engines = {
+        "free": LocalEngine(model_folder(model), steps_only=False),
+        "steps, greedy": LocalEngine(model_folder(model), steps_only=True),
+        f"steps, {beams} beams": LocalEngine(model_folder(model), steps_only=True, beams=beams),
+    }
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    options = GenerationOptions(max_tokens=96)
+    with tempfile.TemporaryDirectory() as tmp:
+        asked = await clips(Path(tmp), count)
+    for i, (text, frames) in enumerate(asked):
+        prompt = parse_llava_text(text)
+        for name, engine in engines.items():
+            started = time.perf_counter()
+            await complete(engine, prompt, frames, options)
+            if i > 0:  # the first clip warms up each engine
+                times[name].append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="embedded", help="embedded or a model folder")
+    parser.add_argument("--clips", type=int, default=30, help="15-frame clips asked")
+    parser.add_argument("--beams", type=int, default=4, help="beam width of the third row")
+    args = parser.parse_args()
+    times = asyncio.run(measure(args.model, args.beams, args.clips))
+    free = statistics.median(times["free"])
+    print(f"| decoding ({args.model}) | clips | p50 s | p95 s | p50 vs free |")
+    print("|---|---:|---:|---:|---:|")
+    for name, values in times.items():
+        p50 = statistics.median(values)
+        p95 = statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
+        print(f"| {name} | {len(values)} | {p50:.3f} | {p95:.3f} | {p50 / free:.2f}x |")
+    print(f"\n{os.cpu_count()} CPU cores; target: p50 ≤ 0.3 s per clip on 2 cores.")
+
+
+if __name__ == "__main__":
+    main()
