@@ -1,22 +1,20 @@
 """What every client of an OpenAI-compatible server here shares (GPT-4o, SGLang, vLLM):
-the API key lookup, which failures to retry, Retry-After, backoff and error messages.
+the API key lookup, frames as data URLs and one-line descriptions of failed requests.
 
-Used by the dataset build's annotator and transcriber and by the live engine.
+Retrying is the ``openai`` SDK's job: every client is made with ``max_retries`` and the SDK
+retries 408, 409, 429, 5xx, connection errors and timeouts with jittered exponential
+backoff, waiting what ``retry-after-ms``/``Retry-After`` asks instead when the server says.
+Used by the dataset build's annotator and transcriber, the live engine and OpenAI TTS.
 """
 
 from __future__ import annotations
 
 import base64
-import email.utils
 import os
-import random
-import time
-from typing import Any
 
 import openai
 
 NO_KEY = "EMPTY"  # sent as the bearer token when no key is needed (local servers ignore it)
-_RETRY_STATUSES = frozenset({408, 409, 429})  # plus every 5xx
 
 
 class MissingAPIKey(ValueError):
@@ -37,10 +35,6 @@ def api_key_from_env(env_name: str, base_url: str | None) -> str:
     return key
 
 
-def is_retryable_status(status: int) -> bool:
-    return status in _RETRY_STATUSES or status >= 500
-
-
 def error_message(exc: openai.APIStatusError) -> str:
     """The server's own message from an OpenAI-style error body, else the client's."""
     body = exc.body
@@ -51,35 +45,25 @@ def error_message(exc: openai.APIStatusError) -> str:
     return exc.message
 
 
-def retry_after_s(headers: Any) -> float:
-    """Seconds from ``retry-after-ms`` / ``Retry-After`` (seconds or HTTP date); 0 if none."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return 0.0
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return max(0.0, when.timestamp() - time.time())
+def describe_error(exc: openai.APIError, timeout_s: float) -> str:
+    """A failed request in one line, once the SDK has given up on it: ``HTTP 503: <the
+    server's message> (after 2 retries)``, ``timeout: nothing received within 30 s``,
+    ``connection error: ...`` or ``malformed response: ...``."""
+    if isinstance(exc, openai.APIStatusError):
+        reason = f"HTTP {exc.status_code}: {error_message(exc)}"
+    elif isinstance(exc, openai.APITimeoutError):
+        reason = f"timeout: nothing received within {timeout_s:g} s"
+    elif isinstance(exc, openai.APIConnectionError):
+        reason = f"connection error: {exc.__cause__ or exc.message}"
+    else:  # APIResponseValidationError and kin: an answer that is not what was asked for
+        reason = f"malformed response: {exc.message}"
+    # The SDK numbers each request it sends in this header (0 for the first).
+    retries = exc.request.headers.get("x-stainless-retry-count", "0")
+    if retries.isdigit() and int(retries) > 0:
+        reason += f" (after {retries} {'retry' if retries == '1' else 'retries'})"
+    return reason
 
 
 def jpeg_data_url(jpeg: bytes) -> str:
     """A frame as an image part's URL, as every OpenAI-compatible server accepts it."""
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
-
-
-def backoff_s(attempt: int, base_s: float, cap_s: float, server_delay_s: float = 0.0) -> float:
-    """Exponential backoff with jitter for retry ``attempt`` (1-based), at least the
-    server's Retry-After, never more than ``cap_s``."""
-    base = base_s * 2.0 ** (attempt - 1)
-    return min(max(base * (0.5 + random.random() / 2), server_delay_s), cap_s)

@@ -78,6 +78,8 @@ class Behaviour:
     segments: tuple[tuple[float, float, str], ...] | None = (
         None  # transcriptions: (start, end, text)
     )
+    first_token_s: float = 0.0  # streaming: pause after the role chunk, before any content
+    cut_after: int | None = None  # streaming: drop the connection after this many pieces
 
 
 def ok(content: str = VALID_GUIDANCE, usage: tuple[int, int] | None = None) -> Behaviour:
@@ -98,6 +100,18 @@ def http_error(status: int, message: str = "", retry_after: float | None = None)
         message=message or f"scripted error {status}",
         retry_after=retry_after,
     )
+
+
+def slow_first_token(seconds: float, text: str = VALID_GUIDANCE) -> Behaviour:
+    """A streamed answer whose headers and role chunk come at once and whose first content
+    comes ``seconds`` later (or never, if the server closes first): a slow prefill."""
+    return Behaviour("ok", content=text, first_token_s=seconds)
+
+
+def cut(text: str = VALID_GUIDANCE, after: int = 2) -> Behaviour:
+    """A streamed answer whose connection drops after ``after`` content pieces, with no
+    final chunk and no ``[DONE]``: a server that dies mid-answer."""
+    return Behaviour("ok", content=text, cut_after=after)
 
 
 def hang(seconds: float) -> Behaviour:
@@ -301,10 +315,8 @@ class OpenAIServer:
                 f"Maximum content size limit ({self.max_upload_bytes}) exceeded "
                 f"({len(data)} bytes read)"
             )
-            body = {
-                "error": {"message": message, "type": "server_error", "param": None, "code": None}
-            }
-            return web.json_response(body, status=413)
+            error = {"message": message, "type": "server_error", "param": None, "code": None}
+            return web.json_response({"error": error}, status=413)
         behaviour = (
             self._transcription_queue.popleft()
             if self._transcription_queue
@@ -427,12 +439,18 @@ class OpenAIServer:
         usage = behaviour.usage or (_prompt_tokens(body), max(1, len(behaviour.content) // 4))
         self.usages.append(usage)
         if body.get("stream"):
-            return await self._stream(request, body, behaviour.content, usage)
+            return await self._stream(request, body, behaviour, usage)
         return web.json_response(_completion(body, self.model_id, behaviour.content, usage))
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], text: str, usage: tuple[int, int]
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        behaviour: Behaviour,
+        usage: tuple[int, int],
     ) -> web.StreamResponse:
+        """Server-sent events as the real API sends them; ``first_token_s`` pauses before the
+        content and ``cut_after`` drops the connection mid-answer (``Behaviour``)."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         base = {
@@ -441,18 +459,29 @@ class OpenAIServer:
             "created": int(time.time()),
             "model": body.get("model", self.model_id),
         }
-        pieces = [{"role": "assistant", "content": ""}]
-        pieces += [{"content": piece} for piece in re.findall(r"\s*\S+|\s+$", text)]
-        for delta in pieces:
-            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
-        await response.write(f"data: {json.dumps(final)}\n\n".encode())
-        if (body.get("stream_options") or {}).get("include_usage"):
-            tail = {**base, "choices": [], "usage": _usage(usage)}
-            await response.write(f"data: {json.dumps(tail)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+        pieces = [{"content": piece} for piece in re.findall(r"\s*\S+|\s+$", behaviour.content)]
+        if behaviour.cut_after is not None:
+            pieces = pieces[: behaviour.cut_after]
+        events = [{"role": "assistant", "content": ""}, *pieces]
+        try:
+            for k, delta in enumerate(events):
+                if k == 1 and behaviour.first_token_s > 0:
+                    await _first(asyncio.sleep(behaviour.first_token_s), self._closing.wait())
+                chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+                await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if behaviour.cut_after is not None:
+                assert request.transport is not None
+                request.transport.abort()  # no final chunk, no [DONE], no end of the body
+                return response
+            final = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+            await response.write(f"data: {json.dumps(final)}\n\n".encode())
+            if (body.get("stream_options") or {}).get("include_usage"):
+                tail = {**base, "choices": [], "usage": _usage(usage)}
+                await response.write(f"data: {json.dumps(tail)}\n\n".encode())
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:  # the client hung up (e.g. its read timeout)
+            pass
         return response
 
 

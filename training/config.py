@@ -47,6 +47,12 @@ class TranscribeSettings(_Section):
     openai_model: str = "whisper-1"
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    max_retries: int = Field(
+        3,
+        ge=0,
+        le=20,
+        description="openai: retries of a failed upload by the openai SDK (429, 5xx, timeouts...)",
+    )
 
 
 class AnnotateSettings(_Section):
@@ -55,7 +61,15 @@ class AnnotateSettings(_Section):
     base_url: str | None = Field(None, description="any OpenAI-compatible /v1 endpoint")
     api_key_env: str = Field("OPENAI_API_KEY", description="'' when the endpoint needs none")
     max_concurrency: int = Field(4, ge=1, le=256)
-    max_attempts: int = Field(4, ge=1, le=20)
+    max_retries: int = Field(
+        3,
+        ge=0,
+        le=20,
+        description="retries of a failed request by the openai SDK (429, 5xx, timeouts...)",
+    )
+    max_answer_attempts: int = Field(
+        3, ge=1, le=20, description="requests per clip while the answer does not validate"
+    )
     timeout_s: float = Field(60.0, gt=0)
     structured_output: bool = True
     image_detail: Literal["low", "high", "auto"] | None = "low"

@@ -4,8 +4,9 @@ GPT-4o by default; point ``base_url``/``model`` at an SGLang (or vLLM) server to
 with a local open model. One request per clip: the shared prompt (:mod:`lavia_live.contract
 .prompt`) with the clip's frames as JPEG data URLs, oldest first, and (by default) structured
 output constrained by :data:`GUIDANCE_JSON_SCHEMA`. Answers are validated into
-:class:`Guidance`; retries (429 honouring Retry-After, 5xx, connection errors, timeouts and
-invalid answers) are done here so that every attempt is counted and billed tokens are summed.
+:class:`Guidance`. Failed requests (408/409/429/5xx, connection errors, timeouts) are retried by
+the ``openai`` SDK (``max_retries``, honouring Retry-After); what it cannot retry, an answer
+that does not validate, is asked for again here, every answer's billed tokens summed.
 """
 
 from __future__ import annotations
@@ -26,15 +27,7 @@ from lavia_live.contract.guidance import GUIDANCE_JSON_SCHEMA, Guidance, parse_g
 from lavia_live.contract.prompt import Prompt, TextPart
 from lavia_live.contract.tasks import TaskContext
 from lavia_live.errors import LaviaError
-from lavia_live.openai_compat import (
-    MissingAPIKey,
-    api_key_from_env,
-    backoff_s,
-    error_message,
-    is_retryable_status,
-    jpeg_data_url,
-    retry_after_s,
-)
+from lavia_live.openai_compat import MissingAPIKey, api_key_from_env, describe_error, jpeg_data_url
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +45,12 @@ class AnnotatorOptions:
     base_url: str | None = None  # None -> OpenAI's default
     api_key_env: str = "OPENAI_API_KEY"  # "" -> no key needed (a local server)
     max_concurrency: int = 4
-    max_attempts: int = 4  # per clip, counting HTTP failures and invalid answers
+    # Retries of one request by the openai SDK: 408/409/429/5xx, timeouts and connection
+    # errors, with jittered exponential backoff or the wait Retry-After asks for.
+    max_retries: int = 3
+    # Requests per clip while the answer does not validate (not JSON, wrong schema, refused).
+    max_answer_attempts: int = 3
     timeout_s: float = 60.0
-    backoff_s: float = 1.0  # exponential base (with jitter); Retry-After on 429 is honoured
-    max_backoff_s: float = 30.0  # caps every wait, Retry-After included
     structured_output: bool = True  # response_format json_schema from GUIDANCE_JSON_SCHEMA
     input_usd_per_mtok: float = 2.50  # GPT-4o list prices, for cost accounting
     output_usd_per_mtok: float = 10.00
@@ -68,8 +63,12 @@ class AnnotatorOptions:
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
             raise AnnotationError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
-        if self.max_attempts < 1:
-            raise AnnotationError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.max_retries < 0:
+            raise AnnotationError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.max_answer_attempts < 1:
+            raise AnnotationError(
+                f"max_answer_attempts must be >= 1, got {self.max_answer_attempts}"
+            )
         if self.timeout_s <= 0:
             raise AnnotationError(f"timeout_s must be > 0, got {self.timeout_s}")
 
@@ -94,7 +93,7 @@ class AnnotationResult:
     prompt_tokens: int  # summed over all attempts that returned usage
     completion_tokens: int
     cost_usd: float
-    attempts: int
+    attempts: int  # answers asked for (the SDK's retries of a failed request not counted)
     error: str | None  # specific reason on failure
 
     @property
@@ -136,22 +135,14 @@ class _Totals:
     raw: str = ""
 
 
-class _AttemptFailed(Exception):
-    """One attempt failed: ``reason`` is short ("HTTP 500", "timeout"), ``detail`` says more."""
+class _InvalidAnswer(Exception):
+    """The server answered, but not with usable guidance: worth asking again.
+    ``reason`` is short ("malformed response"), ``detail`` says more."""
 
-    def __init__(self, reason: str, detail: str = "", delay_s: float = 0.0) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-        self.delay_s = delay_s  # a server-imposed minimum wait (Retry-After)
-
-
-class _Retryable(_AttemptFailed):
-    """Worth another attempt: 408/409/429/5xx, connection errors, timeouts, bad answers."""
-
-
-class _Fatal(_AttemptFailed):
-    """Retrying cannot fix it: 400/401/403/404 and other client errors."""
 
 
 class OpenAIAnnotator:
@@ -167,7 +158,7 @@ class OpenAIAnnotator:
         self._client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=options.base_url,
-            max_retries=0,
+            max_retries=options.max_retries,
             timeout=options.timeout_s,
         )
         self._semaphore = asyncio.Semaphore(options.max_concurrency)
@@ -197,42 +188,34 @@ class OpenAIAnnotator:
     ) -> AnnotationResult:
         opts = self.options
         totals = _Totals(model=opts.model)
-        for attempt in range(1, opts.max_attempts + 1):
+        for attempt in range(1, opts.max_answer_attempts + 1):
             started = time.monotonic()
             try:
-                guidance = await self._attempt(messages, totals)
-            except _Fatal as exc:
-                error = f"{exc.reason} (not retried): {exc.detail}"
+                guidance = await self._ask(messages, totals)
+            except openai.APIError as exc:  # the SDK retried it, or it is not worth retrying
+                error = describe_error(exc, opts.timeout_s)
                 break
-            except _Retryable as exc:
-                error = f"{exc.reason} after {attempt} attempts" + (
-                    f": {exc.detail}" if exc.detail else ""
-                )
+            except _InvalidAnswer as exc:
+                error = f"{exc.reason} after {attempt} attempts: {exc.detail}"
                 log.debug(
-                    "%s: attempt %d/%d failed after %.2f s: %s %s",
+                    "%s: answer %d/%d unusable after %.2f s: %s",
                     request.key,
                     attempt,
-                    opts.max_attempts,
+                    opts.max_answer_attempts,
                     time.monotonic() - started,
-                    exc.reason,
-                    exc.detail,
+                    exc,
                 )
-                if attempt < opts.max_attempts:
-                    await asyncio.sleep(
-                        backoff_s(attempt, opts.backoff_s, opts.max_backoff_s, exc.delay_s)
-                    )
                 continue
             log.debug(
-                "%s: attempt %d succeeded in %.2f s",
-                request.key,
-                attempt,
-                time.monotonic() - started,
+                "%s: answer %d valid in %.2f s", request.key, attempt, time.monotonic() - started
             )
             return self._result(request.key, guidance, totals, attempt, None)
         log.warning("%s: annotation failed: %s", request.key, error)
         return self._result(request.key, None, totals, attempt, error)
 
-    async def _attempt(self, messages: list[dict[str, Any]], totals: _Totals) -> Guidance:
+    async def _ask(self, messages: list[dict[str, Any]], totals: _Totals) -> Guidance:
+        """One answer (after the SDK's retries), validated; raises ``openai.APIError`` for a
+        request that failed and :class:`_InvalidAnswer` for an answer that is no guidance."""
         opts = self.options
         extra: dict[str, Any] = {}
         if opts.structured_output:
@@ -248,34 +231,25 @@ class OpenAIAnnotator:
                 temperature=opts.temperature,
                 **extra,
             )
-        except openai.APITimeoutError as exc:
-            raise _Retryable("timeout", f"no answer within {opts.timeout_s:g} s") from exc
-        except openai.APIConnectionError as exc:
-            raise _Retryable("connection error", str(exc.__cause__ or exc.message)) from exc
-        except openai.APIStatusError as exc:
-            reason, detail = f"HTTP {exc.status_code}", error_message(exc)
-            if is_retryable_status(exc.status_code):
-                raise _Retryable(reason, detail, retry_after_s(exc.response.headers)) from exc
-            raise _Fatal(reason, detail) from exc
         except (openai.APIResponseValidationError, json.JSONDecodeError) as exc:
-            raise _Retryable("malformed response", "body is not a chat completion") from exc
+            raise _InvalidAnswer("malformed response", "body is not a chat completion") from exc
         if not isinstance(response, ChatCompletion):
-            raise _Retryable("malformed response", "body is not a chat completion")
+            raise _InvalidAnswer("malformed response", "body is not a chat completion")
         if response.usage is not None:
             totals.prompt_tokens += response.usage.prompt_tokens
             totals.completion_tokens += response.usage.completion_tokens
         totals.model = response.model or opts.model
         if not response.choices:
-            raise _Retryable(_BAD_ANSWER, "no choices")
+            raise _InvalidAnswer(_BAD_ANSWER, "no choices")
         choice = response.choices[0]
         totals.raw = choice.message.content or ""
         if choice.message.refusal:
-            raise _Retryable(_BAD_ANSWER, f"refused: {_excerpt(choice.message.refusal)}")
+            raise _InvalidAnswer(_BAD_ANSWER, f"refused: {_excerpt(choice.message.refusal)}")
         guidance, problem = _validate(totals.raw, opts.structured_output)
         if guidance is None:
             if choice.finish_reason == "length":
                 problem = f"cut off at max_tokens={opts.max_tokens}: {problem}"
-            raise _Retryable(_BAD_ANSWER, problem)
+            raise _InvalidAnswer(_BAD_ANSWER, problem)
         return guidance
 
     def _result(

@@ -63,6 +63,7 @@ def transcribe_options(settings: PipelineSettings) -> TranscribeOptions:
         openai_model=t.openai_model,
         openai_base_url=t.base_url,
         api_key_env=t.api_key_env,
+        max_retries=t.max_retries,
     )
 
 

@@ -5,7 +5,9 @@ the embedded ``tiny.en`` by default). ``openai`` decodes the first audio track t
 encodes it as 32 kbps MP3 and uploads it to ``/v1/audio/transcriptions`` (``whisper-1`` by
 default, ``verbose_json`` with segment timestamps); audio over ``max_upload_bytes`` is split
 into chunks on time boundaries (at the quietest moment near each boundary) and every chunk's
-segment times are offset by the chunk's start. Calls block; callers run them in a worker.
+segment times are offset by the chunk's start. A failed upload (408/409/429/5xx, connection
+error, timeout) is retried by the ``openai`` SDK (``max_retries``, honouring Retry-After).
+Calls block; callers run them in a worker.
 """
 
 from __future__ import annotations
@@ -26,14 +28,7 @@ import openai
 from openai.types.audio import TranscriptionVerbose
 
 from lavia_live.errors import SpeechError
-from lavia_live.openai_compat import (
-    MissingAPIKey,
-    api_key_from_env,
-    backoff_s,
-    error_message,
-    is_retryable_status,
-    retry_after_s,
-)
+from lavia_live.openai_compat import MissingAPIKey, api_key_from_env, describe_error
 from lavia_live.speech.asr import (
     SAMPLE_RATE,
     Segment,
@@ -73,17 +68,17 @@ class TranscribeOptions:
     openai_base_url: str | None = None  # None -> OpenAI's default
     api_key_env: str = "OPENAI_API_KEY"  # "" -> no key needed (a local server)
     timeout_s: float = 300.0  # per upload
-    max_attempts: int = 4  # per chunk: 408/409/429/5xx, timeouts and connection errors retried
-    backoff_s: float = 1.0  # exponential base (with jitter); Retry-After is honoured
-    max_backoff_s: float = 30.0
+    # Retries of a chunk's upload by the openai SDK: 408/409/429/5xx, timeouts and connection
+    # errors, with jittered exponential backoff or the wait Retry-After asks for.
+    max_retries: int = 3
     usd_per_minute: float = 0.006  # whisper-1 list price, for cost accounting
     max_upload_bytes: int = 25 * 1024 * 1024  # OpenAI's upload limit, per file
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "openai"):
             raise TranscriptionError(f"backend must be 'local' or 'openai', got {self.backend!r}")
-        if self.max_attempts < 1:
-            raise TranscriptionError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.max_retries < 0:
+            raise TranscriptionError(f"max_retries must be >= 0, got {self.max_retries}")
         if self.timeout_s <= 0:
             raise TranscriptionError(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.max_upload_bytes < _MIN_CHUNK_S * UPLOAD_BITRATE / 8 * 2:
@@ -184,7 +179,7 @@ def _transcribe_openai(path: Path, options: TranscribeOptions) -> TranscriptionR
     with openai.OpenAI(
         api_key=api_key,
         base_url=options.openai_base_url,
-        max_retries=0,
+        max_retries=options.max_retries,
         timeout=options.timeout_s,
     ) as client:
         for index, (start, end, data) in enumerate(chunks):
@@ -219,35 +214,22 @@ def _api_key(options: TranscribeOptions) -> str:
 def _upload(
     client: openai.OpenAI, name: str, data: bytes, options: TranscribeOptions
 ) -> TranscriptionVerbose:
-    """One chunk's verbose transcription, retrying transient failures with backoff."""
-    for attempt in range(1, options.max_attempts + 1):
-        delay_s = 0.0
-        try:
-            answer = client.audio.transcriptions.create(
-                model=options.openai_model,
-                file=(name, data, "audio/mpeg"),
-                response_format="verbose_json",
-                timestamp_granularities=["segment"],
-            )
-        except openai.APITimeoutError:
-            reason = f"timeout: no answer within {options.timeout_s:g} s"
-        except openai.APIConnectionError as exc:
-            reason = f"connection error: {exc.__cause__ or exc.message}"
-        except openai.APIStatusError as exc:
-            reason = f"HTTP {exc.status_code}: {error_message(exc)}"
-            if not is_retryable_status(exc.status_code):
-                raise TranscriptionError(f"{name}: {reason} (not retried)") from exc
-            delay_s = retry_after_s(exc.response.headers)
-        except (openai.APIResponseValidationError, ValueError):
-            reason = "malformed response: body is not a verbose transcription"
-        else:
-            if isinstance(answer, TranscriptionVerbose):
-                return answer
-            reason = f"malformed response: got {type(answer).__name__}, not verbose_json"
-        log.debug("%s: attempt %d/%d failed: %s", name, attempt, options.max_attempts, reason)
-        if attempt < options.max_attempts:
-            time.sleep(backoff_s(attempt, options.backoff_s, options.max_backoff_s, delay_s))
-    raise TranscriptionError(f"{name}: {reason} after {options.max_attempts} attempts")
+    """One chunk's verbose transcription (the client retries what a retry can fix)."""
+    try:
+        answer = client.audio.transcriptions.create(
+            model=options.openai_model,
+            file=(name, data, "audio/mpeg"),
+            response_format="verbose_json",
+            timestamp_granularities=["segment"],
+        )
+    except openai.APIError as exc:
+        raise TranscriptionError(f"{name}: {describe_error(exc, options.timeout_s)}") from exc
+    except ValueError as exc:  # a 200 whose body is not JSON
+        raise TranscriptionError(f"{name}: malformed response: body is not JSON") from exc
+    if not isinstance(answer, TranscriptionVerbose):
+        kind = type(answer).__name__
+        raise TranscriptionError(f"{name}: malformed response: got {kind}, not verbose_json")
+    return answer
 
 
 def _chunks(pcm: npt.NDArray[np.int16], max_bytes: int) -> list[tuple[int, int, bytes]]:

@@ -1,4 +1,8 @@
-"""Annotation over real HTTP on loopback, with the real openai client and a scripted server."""
+"""Annotation over real HTTP on loopback, with the real openai client and a scripted server.
+
+Failed requests are retried by the openai SDK (``max_retries``); scripted errors carry a short
+Retry-After, which the SDK waits instead of its own backoff (0.5 s, doubling), to keep these
+tests fast. Answers that do not validate are asked for again by the annotator."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import base64
 import io
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
@@ -44,9 +49,7 @@ TASK = TaskContext(
 )
 # A generous timeout: answers from the loopback server must never run into it, however loaded
 # the machine; the tests of a hanging server shorten it.
-FAST = AnnotatorOptions(
-    model="test-vlm", api_key_env="", timeout_s=30.0, backoff_s=0.01, max_backoff_s=0.05
-)
+FAST = AnnotatorOptions(model="test-vlm", api_key_env="", timeout_s=30.0, max_retries=2)
 VALID = json.dumps(
     {"current_step": "Drain the oil.", "next_step": "Refill with new oil.", "warning": "none"}
 )
@@ -140,54 +143,76 @@ async def test_success_sends_frames_prompt_and_schema(
 @pytest.mark.parametrize(
     ("failures", "why"),
     [
-        ([http_error(500), http_error(500)], "5xx"),
-        ([http_error(503), http_error(429)], "5xx then 429 without Retry-After"),
+        ([http_error(500, retry_after=0.01)] * 2, "5xx"),
+        ([http_error(503, retry_after=0.01), http_error(429, retry_after=0.01)], "5xx then 429"),
         ([hang(3600)], "timeout"),
-        ([malformed_json()], "malformed JSON body"),
-        ([content('{"step": "Drain the oil."}')], "wrong schema"),
-        (
-            [content('{"current_step": "", "next_step": "Drain the oil.", "warning": null}')],
-            "empty step",
-        ),
-        ([content("[1, 2]")], "JSON not an object"),
-        ([content("I cannot tell from these frames.")], "prose"),
     ],
 )
-async def test_retries_until_valid(
+async def test_failed_requests_are_retried_by_the_client(
     server: OpenAIServer, make_annotator: MakeAnnotator, failures: list[Behaviour], why: str
 ) -> None:
     server.script(*failures, ok(VALID))
-    # A hanging attempt ends at the client's timeout, which the answered one must beat.
-    timeout_s = 2.0 if any(f.kind == "hang" for f in failures) else FAST.timeout_s
+    # A hanging request ends at the client's timeout, which the answered one must beat.
+    timeout_s = 1.0 if any(f.kind == "hang" for f in failures) else FAST.timeout_s
     result = await make_annotator(timeout_s=timeout_s).annotate(request())
 
     assert result.ok, why
-    assert result.attempts == len(failures) + 1 == len(server.requests)
+    assert result.attempts == 1  # one answer asked for; the SDK sent the request again
+    assert len(server.requests) == len(failures) + 1
+    assert server.requests[0].body == server.requests[-1].body
+    assert result.guidance is not None and result.guidance.next_step == "Refill with new oil."
+    assert_billed(result, server)
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (malformed_json(), "malformed JSON body"),
+        (content('{"step": "Drain the oil."}'), "wrong schema"),
+        (
+            content('{"current_step": "", "next_step": "Drain the oil.", "warning": null}'),
+            "empty step",
+        ),
+        (content("[1, 2]"), "JSON not an object"),
+        (content("I cannot tell from these frames."), "prose"),
+    ],
+)
+async def test_invalid_answers_are_asked_for_again(
+    server: OpenAIServer, make_annotator: MakeAnnotator, answer: Behaviour, why: str
+) -> None:
+    server.script(answer, ok(VALID))
+    result = await make_annotator().annotate(request())
+
+    assert result.ok, why
+    assert result.attempts == 2 == len(server.requests)
     assert result.guidance is not None and result.guidance.next_step == "Refill with new oil."
     assert result.raw == VALID
-    assert_billed(result, server)
+    assert_billed(result, server)  # the invalid answer is billed too
 
 
 async def test_429_honours_retry_after(server: OpenAIServer, make_annotator: MakeAnnotator) -> None:
-    server.script(http_error(429, "Rate limit reached", retry_after=0.3), ok(VALID))
-    result = await make_annotator(max_backoff_s=1.0).annotate(request())
+    # 0.6 s is longer than any first backoff of the SDK's own (0.375-0.5 s).
+    server.script(http_error(429, "Rate limit reached", retry_after=0.6), ok(VALID))
+    started = time.monotonic()
+    result = await make_annotator().annotate(request())
+    elapsed = time.monotonic() - started
 
-    assert result.ok and result.attempts == 2
+    assert result.ok and result.attempts == 1
     first, second = server.requests
-    assert second.at - first.at >= 0.3  # backoff alone would be ~0.01 s
+    assert 0.6 <= second.at - first.at < elapsed < 5.0
     assert_billed(result, server)
 
 
-async def test_persistent_500_fails_after_max_attempts(
+async def test_persistent_500_fails_after_max_retries(
     server: OpenAIServer, make_annotator: MakeAnnotator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server.default = http_error(500, "The server had an error")
+    server.default = http_error(500, "The server had an error", retry_after=0.01)
     with caplog.at_level(logging.WARNING, logger="training.data.annotate"):
-        result = await make_annotator().annotate(request())
+        result = await make_annotator(max_retries=3).annotate(request())
 
     assert not result.ok and result.guidance is None
-    assert result.attempts == 4 == len(server.requests)
-    assert result.error == "HTTP 500 after 4 attempts: The server had an error"
+    assert result.attempts == 1 and len(server.requests) == 4
+    assert result.error == "HTTP 500: The server had an error (after 3 retries)"
     assert (result.raw, result.prompt_tokens, result.cost_usd) == ("", 0, 0.0)
     assert [r.getMessage() for r in caplog.records] == [
         f"clip-0: annotation failed: {result.error}"
@@ -196,27 +221,29 @@ async def test_persistent_500_fails_after_max_attempts(
 
 async def test_malformed_every_time(server: OpenAIServer, make_annotator: MakeAnnotator) -> None:
     server.default = malformed_json()
-    result = await make_annotator(max_attempts=2).annotate(request())
+    result = await make_annotator(max_answer_attempts=2).annotate(request())
 
-    assert not result.ok and result.attempts == 2
+    assert not result.ok and result.attempts == 2 == len(server.requests)
     assert result.error == "malformed response after 2 attempts: body is not a chat completion"
 
 
 async def test_connection_refused(make_annotator: MakeAnnotator) -> None:
     async with OpenAIServer() as gone:
         base_url = gone.base_url
-    result = await make_annotator(base_url=base_url, max_attempts=2).annotate(request())
+    result = await make_annotator(base_url=base_url, max_retries=1).annotate(request())
 
-    assert not result.ok and result.attempts == 2
-    assert result.error is not None and result.error.startswith("connection error after 2 attempts")
+    assert not result.ok and result.attempts == 1
+    assert result.error is not None
+    assert result.error.startswith("connection error: ")
+    assert result.error.endswith(" (after 1 retry)")
 
 
 async def test_timeouts_every_time(server: OpenAIServer, make_annotator: MakeAnnotator) -> None:
     server.default = hang(3600)  # until the server closes
-    result = await make_annotator(timeout_s=0.2, max_attempts=2).annotate(request())
+    result = await make_annotator(timeout_s=0.2, max_retries=1).annotate(request())
 
-    assert not result.ok and result.attempts == 2
-    assert result.error is not None and result.error.startswith("timeout after 2 attempts")
+    assert not result.ok and result.attempts == 1 and len(server.requests) == 2
+    assert result.error == "timeout: nothing received within 0.2 s (after 1 retry)"
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404])
@@ -227,14 +254,14 @@ async def test_client_errors_are_not_retried(
     result = await make_annotator().annotate(request())
 
     assert not result.ok and result.attempts == 1 == len(server.requests)
-    assert result.error == f"HTTP {status} (not retried): Incorrect API key provided"
+    assert result.error == f"HTTP {status}: Incorrect API key provided"
 
 
 async def test_garbage_every_time_keeps_raw(
     server: OpenAIServer, make_annotator: MakeAnnotator
 ) -> None:
     server.default = content("lorem ipsum")
-    result = await make_annotator(max_attempts=3).annotate(request())
+    result = await make_annotator(max_answer_attempts=3).annotate(request())
 
     assert not result.ok and result.attempts == 3
     assert result.error is not None

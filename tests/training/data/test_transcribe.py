@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -38,9 +39,7 @@ KEY_ENV = "LAVIA_TEST_TRANSCRIBE_KEY"
 JFK_SECONDS = 11.0
 # A generous timeout: answers from the loopback server must never run into it, however loaded
 # the machine; only the test of a hanging server shortens it.
-OPENAI = TranscribeOptions(
-    backend="openai", api_key_env=KEY_ENV, timeout_s=30.0, backoff_s=0.01, max_backoff_s=0.05
-)
+OPENAI = TranscribeOptions(backend="openai", api_key_env=KEY_ENV, timeout_s=30.0, max_retries=2)
 
 
 def make_video(path: Path, audio: Path | None, seconds: float = 3.0) -> Path:
@@ -180,23 +179,30 @@ async def test_openai_chunks_real_narration_at_quiet_moments(
 
 
 @pytest.mark.parametrize(
-    "failure",
-    [http_error(500), http_error(429, retry_after=0.01), hang(3600), malformed_json()],
-    ids=["500", "429", "timeout", "malformed"],
+    ("failure", "min_wait_s"),
+    [
+        (http_error(500), 0.5 * 0.75),  # the SDK's first backoff: 0.5 s less <= 25 % jitter
+        (http_error(429, retry_after=0.2), 0.2),  # what Retry-After asks instead
+        (hang(3600), 0.0),
+    ],
+    ids=["500", "429", "timeout"],
 )
-async def test_openai_retries_transient_failures(
-    server: OpenAIServer, bundled_data: Path, key: str, failure: Behaviour
+async def test_openai_client_retries_transient_failures(
+    server: OpenAIServer, bundled_data: Path, key: str, failure: Behaviour, min_wait_s: float
 ) -> None:
     segments = ((0.0, 4.1, " And so my fellow Americans,"), (4.1, 11.0, " ask not."))
     server.script_transcriptions(failure, transcribed(segments))
     # The hanging attempt ends at the client's timeout, which the answered one must beat.
-    timeout_s = 3.0 if failure.kind == "hang" else OPENAI.timeout_s
+    timeout_s = 1.5 if failure.kind == "hang" else OPENAI.timeout_s
     options = replace(OPENAI, openai_base_url=server.base_url, timeout_s=timeout_s)
 
+    started = time.monotonic()
     result = await transcribe(bundled_data / "jfk.flac", options)
+    elapsed = time.monotonic() - started
 
-    assert len(server.uploads) == 2
-    assert server.uploads[0].data == server.uploads[1].data
+    first, second = server.uploads
+    assert first.data == second.data
+    assert min_wait_s <= second.at - first.at < elapsed
     assert result.transcript.segments == (
         Segment(0.0, 4.1, "And so my fellow Americans,"),
         Segment(4.1, 11.0, "ask not."),
@@ -204,15 +210,30 @@ async def test_openai_retries_transient_failures(
     assert result.cost_usd == pytest.approx(JFK_SECONDS / 60 * 0.006)
 
 
-async def test_openai_gives_up_after_max_attempts(
+async def test_openai_gives_up_after_max_retries(
     server: OpenAIServer, bundled_data: Path, key: str
 ) -> None:
-    server.script_transcriptions(*[http_error(502, "bad gateway")] * 3)
-    options = replace(OPENAI, openai_base_url=server.base_url, max_attempts=2)
+    server.script_transcriptions(*[http_error(502, "bad gateway", retry_after=0.01)] * 3)
+    options = replace(OPENAI, openai_base_url=server.base_url, max_retries=1)
 
-    with pytest.raises(TranscriptionError, match=r"HTTP 502: bad gateway after 2 attempts"):
+    with pytest.raises(
+        TranscriptionError, match=r"^jfk\.mp3: HTTP 502: bad gateway \(after 1 retry\)$"
+    ):
         await transcribe(bundled_data / "jfk.flac", options)
     assert len(server.uploads) == 2
+
+
+async def test_openai_malformed_answer_is_not_retried(
+    server: OpenAIServer, bundled_data: Path, key: str
+) -> None:
+    server.script_transcriptions(malformed_json())
+    options = replace(OPENAI, openai_base_url=server.base_url)
+
+    with pytest.raises(
+        TranscriptionError, match=r"^jfk\.mp3: malformed response: body is not JSON$"
+    ):
+        await transcribe(bundled_data / "jfk.flac", options)
+    assert len(server.uploads) == 1
 
 
 async def test_fake_server_reads_an_upload_however_it_arrives(server: OpenAIServer) -> None:
@@ -276,7 +297,7 @@ async def test_openai_413_is_not_retried(
     server.max_upload_bytes = 10_000  # stricter than the client believes
     options = replace(OPENAI, openai_base_url=server.base_url, max_upload_bytes=100_000)
 
-    with pytest.raises(TranscriptionError, match=r"HTTP 413: Maximum content size limit"):
+    with pytest.raises(TranscriptionError, match=r"HTTP 413: Maximum content size limit \(10000\)"):
         await transcribe(bundled_data / "jfk.flac", options)
     assert [u.accepted for u in server.uploads] == [False]
 
