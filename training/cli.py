@@ -23,7 +23,6 @@ from lavia_live.contract.records import iter_records
 from lavia_live.contract.tasks import TaskLibrary
 from lavia_live.engines.base import Engine
 from training.config import PipelineSettings
-from training.train.setup import TrainError
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +111,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from training.train.loop import Trainer
-    from training.train.setup import estimate_run
+    from training.train.setup import TrainError, estimate_run
 
     settings = _settings(args).train
     if args.dry_run:
