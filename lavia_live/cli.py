@@ -121,6 +121,23 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     )
 
 
+# ``lavia model-server`` options that are settings -> the key they override
+_MODEL_SERVER_FLAGS = {
+    "model": "engine.name",
+    "device": "engine.device",
+    "host": "model_server.host",
+    "port": "model_server.port",
+    "model_id": "model_server.model_id",
+}
+
+
+def _cmd_model_server(args: argparse.Namespace) -> int:
+    from lavia_live.server.run import model_server
+
+    apply_setting_flags(args, _MODEL_SERVER_FLAGS)
+    return asyncio.run(model_server(load_config(args, Settings).settings))
+
+
 def _engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
     group.add_argument(
@@ -195,6 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(p)
     add_config_options(p)
     p.set_defaults(func=_cmd_watch)
+
+    p = sub.add_parser(
+        "model-server",
+        help="serve an in-process model over the OpenAI protocol (/v1/chat/completions)",
+        description="Serve the embedded model or a model folder (e.g. the final/ folder "
+        "lavia train wrote) at http://HOST:PORT/v1 for OpenAI-compatible clients: lavia serve "
+        "--engine URL --api-model ID --api-key-env '' (several of them can share one GPU), "
+        "lavia eval --model URL, or the openai SDK. Images come as data URLs; guidance "
+        "requests are decoded held to the task's steps, as in-process. No API key is asked: "
+        "keep it on a private network.",
+    )
+    p.add_argument("--model", metavar="PATH", help="embedded (default) or a model folder")
+    p.add_argument("--model-id", help="the model's id for clients (default: the folder name)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    p.add_argument("--port", type=int, help="port (default 30000, as SGLang; 0: any free port)")
+    p.add_argument("--device", help="device of the model (cpu, cuda, cuda:1)")
+    add_config_options(p)
+    p.set_defaults(func=_cmd_model_server)
 
     for ep in sorted(entry_points(group="lavia.commands"), key=lambda e: e.name):
         register: Callable[[Any], None] = ep.load()

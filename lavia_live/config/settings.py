@@ -112,6 +112,25 @@ class ServeSettings(_Section):
         return self
 
 
+class ModelServerSettings(_Section):
+    """``lavia model-server``: the in-process model of ``engine`` (its name, device and
+    decoding) served over the OpenAI protocol (:mod:`lavia_live.server.model_server`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(30000, ge=0, le=65535, description="SGLang's default port")
+    model_id: str | None = Field(
+        None, min_length=1, description="the id /v1/models lists; null: the model folder's name"
+    )
+    queue_size: int = Field(
+        16, ge=0, le=10000, description="requests waiting beyond those running; more get 429"
+    )
+    max_images: int = Field(64, ge=1, le=1024, description="images one request may carry")
+    max_body_mb: float = Field(32.0, gt=0, le=1024, description="largest request body")
+    max_tokens: int = Field(
+        256, ge=1, le=32768, description="answer length of a request that sets none"
+    )
+
+
 class SpeechSettings(_Section):
     """Spoken output (:mod:`lavia_live.speech.synthesis`): guidance and answers, sentence by
     sentence, on the session's WebRTC audio track."""
@@ -172,6 +191,7 @@ class Settings(_Section):
     tasks: TaskSettings = TaskSettings()
     engine: EngineSettings = EngineSettings()
     serve: ServeSettings = ServeSettings()
+    model_server: ModelServerSettings = ModelServerSettings()
     speech: SpeechSettings = SpeechSettings()
     listening: ListeningSettings = ListeningSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -8,12 +8,14 @@ cache, a local KV cache) reuse it across requests of a session::
 The same parts render three ways: chat messages with image parts for OpenAI-compatible
 servers, chat messages with ``{"type": "image"}`` for Hugging Face processors, and the
 LLaVA record text with one ``<image>`` line per frame. :func:`parse_llava_text` turns the
-record text back into the same parts, so a trainer sees exactly what the server sends.
+record text back into the same parts, so a trainer sees exactly what the server sends;
+:func:`prompt_from_openai_messages` does the same for the chat messages (``lavia
+model-server`` reads its requests with it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -189,3 +191,50 @@ def _assemble(task: TaskContext, n_frames: int, request: str, kind: PromptKind) 
     parts.extend(ImagePart(i) for i in range(n_frames))
     parts.append(TextPart(request))
     return Prompt(tuple(parts), kind)
+
+
+def prompt_from_openai_messages(
+    messages: Sequence[Mapping[str, Any]],
+) -> tuple[Prompt, list[str]]:
+    """The prompt and its image URLs (frame order) that chat-completions ``messages`` carry:
+    the inverse of :meth:`Prompt.openai_messages` (``detail`` aside).
+
+    Any other chat (a system message, earlier turns, string contents) is read as one turn:
+    its texts in order (adjacent ones joined by a line break), its images in order. The
+    kind is "guidance" when the last text ends with the guidance request that
+    :func:`build_guidance_prompt` writes, else "question". :class:`ValueError` names a
+    content that is neither text nor image URL parts.
+    """
+    parts: list[Part] = []
+    urls: list[str] = []
+    for m, message in enumerate(messages):
+        content = message.get("content")
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        elif content is None:
+            content = []
+        elif not isinstance(content, list):
+            raise ValueError(f"messages[{m}].content: a string or a list of parts, not {content!r}")
+        for i, piece in enumerate(content):
+            where = f"messages[{m}].content[{i}]"
+            kind = piece.get("type") if isinstance(piece, Mapping) else None
+            if kind == "text" and isinstance(piece.get("text"), str):
+                text = piece["text"]
+                if text and parts and isinstance(parts[-1], TextPart):
+                    parts[-1] = TextPart(parts[-1].text + "\n" + text)
+                elif text:
+                    parts.append(TextPart(text))
+            elif kind == "image_url" and isinstance(piece.get("image_url"), Mapping):
+                url = piece["image_url"].get("url")
+                if not isinstance(url, str):
+                    raise ValueError(f"{where}.image_url: 'url' must be a string")
+                parts.append(ImagePart(len(urls)))
+                urls.append(url)
+            else:
+                raise ValueError(
+                    f"{where}: expected {{'type': 'text', 'text': ...}} or "
+                    f"{{'type': 'image_url', 'image_url': {{'url': ...}}}}, got {piece!r:.80}"
+                )
+    texts = [p.text for p in parts if isinstance(p, TextPart)]
+    guidance = bool(texts) and texts[-1].endswith(_GUIDANCE_REQUEST)
+    return Prompt(tuple(parts), "guidance" if guidance else "question"), urls

@@ -3,7 +3,9 @@ model, or any local checkpoint of a supported family (Qwen2.5-VL, LLaVA-style).
 
 Inputs are encoded by :func:`lavia_live.models.families.encode`, the function training
 uses, so the model sees what it was trained on. Generation runs in a worker thread, one
-request at a time; text streams back as it is produced.
+request at a time; text streams back as it is produced. Closing the stream, or cancelling
+its consumer, stops the generation at its next token and waits for the thread, so the
+model is free for the next request when the stream has ended.
 """
 
 from __future__ import annotations
@@ -11,13 +13,18 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
-from transformers import LogitsProcessorList, TextIteratorStreamer
+from transformers import (
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
 from lavia_live.contract.prompt import Prompt
 from lavia_live.engines.base import EngineError, GenerationOptions
@@ -27,6 +34,31 @@ from lavia_live.models.families import LoadedModel, encode, end_of_turn_id, load
 
 _DONE = object()
 _STEP_LINES_CACHE = 32  # tasks whose step lines are kept
+T = TypeVar("T")
+
+
+class _StopWhenSet(StoppingCriteria):
+    """Ends a generation at its next token once ``event`` is set (its stream was closed)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
+
+
+async def _stoppable(stop: threading.Event, func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` in a worker thread. If the caller is cancelled, ``stop`` is set and
+    the thread is waited for, so no generation outlives its request."""
+    work = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.wait({work})
+        if not work.cancelled():
+            work.exception()  # retrieved: the caller is gone, its answer with it
+        raise
 
 
 def decode_frames(frames_jpeg: Sequence[bytes]) -> list[Image.Image]:
@@ -89,7 +121,11 @@ class LocalEngine:
         return self._step_lines[steps]
 
     def _generate_kwargs(
-        self, prompt: Prompt, frames_jpeg: Sequence[bytes], options: GenerationOptions
+        self,
+        prompt: Prompt,
+        frames_jpeg: Sequence[bytes],
+        options: GenerationOptions,
+        stop: threading.Event,
     ) -> dict[str, Any]:
         loaded = self.loaded
         encoded = encode(loaded, loaded.family, prompt, decode_frames(frames_jpeg)).to(self.device)
@@ -104,6 +140,7 @@ class LocalEngine:
             max_new_tokens=options.max_tokens,
             eos_token_id=end_of_turn_id(loaded.processor, loaded.family),
             pad_token_id=tokenizer.pad_token_id,
+            stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
             **sampling,
         )
 
@@ -113,9 +150,10 @@ class LocalEngine:
         frames_jpeg: Sequence[bytes],
         options: GenerationOptions,
         lines: StepLines,
+        stop: threading.Event,
     ) -> str:
         """A whole guidance answer whose step lines are the task's (blocking)."""
-        kwargs = self._generate_kwargs(prompt, frames_jpeg, options)
+        kwargs = self._generate_kwargs(prompt, frames_jpeg, options, stop)
         kwargs.update(do_sample=False)
         kwargs.pop("temperature", None)
         if self.beams > 1:
@@ -135,10 +173,14 @@ class LocalEngine:
         return str(text)
 
     def _start(
-        self, prompt: Prompt, frames_jpeg: Sequence[bytes], options: GenerationOptions
+        self,
+        prompt: Prompt,
+        frames_jpeg: Sequence[bytes],
+        options: GenerationOptions,
+        stop: threading.Event,
     ) -> tuple[TextIteratorStreamer, threading.Thread, list[Exception]]:
         loaded = self.loaded
-        kwargs = self._generate_kwargs(prompt, frames_jpeg, options)
+        kwargs = self._generate_kwargs(prompt, frames_jpeg, options, stop)
         tokenizer = loaded.processor.tokenizer
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs["streamer"] = streamer
@@ -160,12 +202,13 @@ class LocalEngine:
     async def stream(
         self, prompt: Prompt, frames_jpeg: Sequence[bytes], options: GenerationOptions
     ) -> AsyncIterator[str]:
+        stop = threading.Event()
         async with self._lock:
             lines = self._constrained(prompt)
             if lines is not None:
                 try:
-                    text = await asyncio.to_thread(
-                        self._choose, prompt, frames_jpeg, options, lines
+                    text = await _stoppable(
+                        stop, self._choose, prompt, frames_jpeg, options, lines, stop
                     )
                 except EngineError:
                     raise
@@ -175,8 +218,8 @@ class LocalEngine:
                     yield text
                 return
             try:
-                streamer, thread, errors = await asyncio.to_thread(
-                    self._start, prompt, frames_jpeg, options
+                streamer, thread, errors = await _stoppable(
+                    stop, self._start, prompt, frames_jpeg, options, stop
                 )
             except LaviaError as exc:
                 raise EngineError(f"{self.name}: {exc}") from exc
@@ -185,6 +228,7 @@ class LocalEngine:
                     if piece:
                         yield str(piece)
             finally:
+                stop.set()  # the stream was read to its end, closed or cancelled
                 await asyncio.to_thread(thread.join)
             if errors:
                 raise EngineError(f"{self.name}: generation failed: {errors[0]}") from errors[0]

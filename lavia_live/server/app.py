@@ -57,6 +57,16 @@ BODY_TIMEOUT_S = 10.0
 OFFER_TIMEOUT_S = 15.0
 
 
+def site_url(site: web.TCPSite, host: str, port: int, *, tls: bool = False) -> str:
+    """The URL a started ``site`` is reached at: the port it really bound (``port`` 0 picks
+    a free one), 127.0.0.1 for a site on every interface."""
+    sockets = getattr(site._server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    return f"{'https' if tls else 'http'}://{shown}:{bound}"
+
+
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response(error_body(code, message), status=status)
 
@@ -126,12 +136,7 @@ class LiveServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname()[1] if sockets else port
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        shown = f"[{shown}]" if ":" in shown else shown
-        self.url = f"{'https' if ssl_context else 'http'}://{shown}:{bound}"
+        self.url = site_url(site, host, port, tls=ssl_context is not None)
         return self.url
 
     async def stop(self) -> None:

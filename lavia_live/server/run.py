@@ -1,5 +1,6 @@
-"""The entry points behind ``lavia serve`` and ``lavia watch``: open the engine, run, and
-shut down cleanly on Ctrl-C or SIGTERM (every session closed before the process exits)."""
+"""The entry points behind ``lavia serve``, ``lavia watch`` and ``lavia model-server``: open
+the engine, run, and shut down cleanly on Ctrl-C or SIGTERM (every session and request
+closed before the process exits)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 from lavia_live.config.settings import Settings
 from lavia_live.contract.tasks import TaskLibrary
-from lavia_live.engines.base import Engine
+from lavia_live.engines.base import Engine, EngineError
 from lavia_live.engines.factory import frame_max_side, open_engine
 from lavia_live.server.app import LiveServer
 from lavia_live.server.tls import self_signed, server_context
@@ -48,6 +49,21 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
+async def _until_signal(
+    start: Callable[[], Awaitable[None]], stop_server: Callable[[], Awaitable[None]], engine: Engine
+) -> None:
+    """``start`` a server, run until SIGINT or SIGTERM, then stop it and close ``engine``
+    (also when starting fails)."""
+    stop = asyncio.Event()
+    try:
+        with _stop_on_signals(stop):
+            await start()
+            await stop.wait()
+    finally:
+        await stop_server()
+        await engine.aclose()
+
+
 async def serve(settings: Settings) -> int:
     s = settings.serve
     library = TaskLibrary.load(settings.tasks.folder)
@@ -66,28 +82,54 @@ async def serve(settings: Settings) -> int:
     except BaseException:  # e.g. no key for OpenAI TTS: a managed engine must not outlive us
         await engine.aclose()
         raise
-    stop = asyncio.Event()
-    try:
-        with _stop_on_signals(stop):
-            url = await server.start(s.host, s.port, ssl_context)
-            print(f"LaViA Live is serving {engine.name} at {url}  (Ctrl-C stops)", flush=True)
-            if ssl_context is None and s.host not in ("127.0.0.1", "localhost", "::1"):
-                print(
-                    "note: browsers allow the camera only on https:// or localhost; for other "
-                    "machines use --self-signed or --tls-cert/--tls-key",
-                    file=sys.stderr,
-                )
-            if s.self_signed:
-                print(
-                    "note: the certificate is self-signed: the browser shows a warning once "
-                    "(Advanced > Proceed); the camera works after that",
-                    file=sys.stderr,
-                )
-            await stop.wait()
-    finally:
-        await server.stop()
-        await engine.aclose()
+
+    async def start() -> None:
+        url = await server.start(s.host, s.port, ssl_context)
+        print(f"LaViA Live is serving {engine.name} at {url}  (Ctrl-C stops)", flush=True)
+        if ssl_context is None and s.host not in ("127.0.0.1", "localhost", "::1"):
+            print(
+                "note: browsers allow the camera only on https:// or localhost; for other "
+                "machines use --self-signed or --tls-cert/--tls-key",
+                file=sys.stderr,
+            )
+        if s.self_signed:
+            print(
+                "note: the certificate is self-signed: the browser shows a warning once "
+                "(Advanced > Proceed); the camera works after that",
+                file=sys.stderr,
+            )
+
+    await _until_signal(start, server.stop, engine)
     print("LaViA Live stopped", flush=True)
+    return 0
+
+
+async def model_server(settings: Settings) -> int:
+    """Serve the engine's in-process model over the OpenAI protocol until a signal."""
+    name = settings.engine.name
+    if name.startswith(("http://", "https://", "openai:")):
+        raise EngineError(
+            f"lavia model-server serves an in-process model: --model is 'embedded' or a "
+            f"model folder, not {name!r}"
+        )
+    from lavia_live.engines.local import LocalEngine  # torch: only for this command
+    from lavia_live.server.model_server import ModelServer
+
+    engine = await _open_engine(settings)
+    assert isinstance(engine, LocalEngine)
+    server = ModelServer(engine, settings.model_server)
+
+    async def start() -> None:
+        m = settings.model_server
+        url = await server.start(m.host, m.port)
+        print(
+            f"LaViA model server: {server.model_id} ({engine.name}) listening on {url}  "
+            "(Ctrl-C stops)",
+            flush=True,
+        )
+
+    await _until_signal(start, server.stop, engine)
+    print("LaViA model server stopped", flush=True)
     return 0
 
 

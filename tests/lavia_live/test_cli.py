@@ -27,7 +27,7 @@ def lavia(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 def test_help_lists_the_commands() -> None:
     out = lavia("--help")
     assert out.returncode == 0
-    for command in ("config", "tasks", "serve", "watch", "data", "train", "eval"):
+    for command in ("config", "tasks", "serve", "watch", "model-server", "data", "train", "eval"):
         assert f"    {command} " in out.stdout, command
 
 
@@ -75,6 +75,13 @@ def test_tasks_lists_and_shows(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert main(["tasks", "--folder", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "broken.yaml" in err and "field 'steps'" in err
+
+
+def test_model_server_refuses_a_model_it_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
+    for model in ("openai:gpt-4o", "http://127.0.0.1:30000/v1"):
+        assert main(["model-server", "--model", model, "--port", "0"]) == 2
+        err = capsys.readouterr().err
+        assert "serves an in-process model: --model is 'embedded' or a model folder" in err
 
 
 def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ from lavia_live.contract.prompt import (
     build_guidance_prompt,
     build_question_prompt,
     parse_llava_text,
+    prompt_from_openai_messages,
     task_context_text,
 )
 from lavia_live.contract.tasks import TaskContext, TaskLibrary
@@ -90,3 +91,41 @@ def test_task_steps_are_read_back_from_every_prompt() -> None:
         assert parse_llava_text(prompt.llava_text()).task_steps() == DEMO.steps
     bare = TaskContext(id="t", title="No list", guideline="Steps:\n1. not a list")
     assert build_guidance_prompt(bare, 1).task_steps() == ()
+
+
+@pytest.mark.parametrize("n_frames", [0, 1, 15])
+@pytest.mark.parametrize("kind", ["guidance", "question"])
+def test_openai_messages_read_back_into_the_same_prompt(kind: str, n_frames: int) -> None:
+    history = ["now: a; next: b"]
+    prompt = (
+        build_guidance_prompt(DEMO, n_frames, history)
+        if kind == "guidance"
+        else build_question_prompt(DEMO, n_frames, "Which step comes next?", history)
+    )
+    urls = [f"data:image/jpeg;base64,{i}" for i in range(n_frames)]
+    for detail in (None, "low"):
+        assert prompt_from_openai_messages(prompt.openai_messages(urls, detail)) == (prompt, urls)
+
+
+def test_other_chats_are_read_as_one_turn() -> None:
+    guidance = build_guidance_prompt(DEMO, 2).openai_messages(["u0", "u1"])[0]
+    system = {"role": "system", "content": "Be brief."}
+    prompt, urls = prompt_from_openai_messages([system, guidance])
+    assert urls == ["u0", "u1"] and prompt.kind == "guidance"
+    assert prompt.parts[0] == TextPart("Be brief.\n" + task_context_text(DEMO))
+    assert prompt.task_steps() == DEMO.steps
+    chat = [
+        system,
+        {"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                     {"type": "text", "text": ""},
+                                     {"type": "image_url", "image_url": {"url": "u"}}]},
+        {"role": "assistant", "content": None},
+    ]  # fmt: skip
+    prompt, urls = prompt_from_openai_messages(chat)
+    assert prompt.parts == (TextPart("Be brief.\nWhat is this?"), ImagePart(0))
+    assert (prompt.kind, urls) == ("question", ["u"])
+    bad = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]
+    with pytest.raises(ValueError, match=r"messages\[0\].content\[0\]: expected"):
+        prompt_from_openai_messages(bad)
+    with pytest.raises(ValueError, match="a string or a list of parts"):
+        prompt_from_openai_messages([{"role": "user", "content": 3}])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +124,51 @@ def test_step_lines_allow_the_task_steps_only(model_dir: Path) -> None:
     assert lines.allowed(head) is None  # the warning is free text
     with pytest.raises(ValueError, match="no steps"):
         StepLines(tokenizer, ())
+
+
+def _generating() -> bool:
+    return any(t.name == "lavia-local-generate" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("how", ["closed", "cancelled"])
+async def test_a_stream_given_up_stops_its_generation(model_dir: Path, how: str) -> None:
+    # an untrained model writes until max_tokens: 4000 tokens take far more than a second
+    engine = LocalEngine(model_dir, steps_only=False)
+    options = GenerationOptions(max_tokens=4000)
+    frames = [jpeg(0), jpeg(1)]
+    stream = engine.stream(build_question_prompt(TASK, 2, "what now?"), frames, options)
+    if how == "closed":
+        assert await anext(stream)
+        given_up = time.monotonic()
+        await stream.aclose()  # type: ignore[attr-defined]
+    else:
+        first = asyncio.Event()
+
+        async def consume() -> None:
+            async for _ in stream:
+                first.set()
+
+        task = asyncio.create_task(consume())
+        await first.wait()
+        given_up = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert time.monotonic() - given_up < 1.0
+    assert not _generating()  # the thread was waited for
+
+
+async def test_a_guidance_answer_cancelled_stops_its_generation(model_dir: Path) -> None:
+    # held to the step lines, the untrained model still writes a free warning up to
+    # max_tokens; cancelled, the answer ends at once and the engine takes the next request
+    engine = LocalEngine(model_dir)
+    prompt, frames = build_guidance_prompt(TASK, 2), [jpeg(0), jpeg(1)]
+    task = asyncio.create_task(complete(engine, prompt, frames, GenerationOptions(max_tokens=4000)))
+    await asyncio.sleep(0.5)
+    given_up = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - given_up < 1.0
+    answer = await complete(engine, prompt, frames, GenerationOptions(max_tokens=30))
+    assert answer.startswith("Current step: ")
