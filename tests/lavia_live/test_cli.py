@@ -132,3 +132,16 @@ def test_stdout_closed_before_any_output_ends_quietly(buffered: bool) -> None:
         os.close(write_end)
     assert out.stderr == ""
     assert out.returncode == 141
+
+
+def test_commands_that_need_no_model_do_not_load_torch() -> None:
+    """Registering every command (what `lavia --help` and `lavia tasks` do) stays light:
+    torch and transformers load only in the commands that run a model."""
+    code = (
+        "import sys; from lavia_live.cli import build_parser; build_parser(); "
+        "print(sorted({'torch', 'transformers', 'peft'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

@@ -17,6 +17,7 @@ import av
 import numpy as np
 import pytest
 
+from lavia_live.cli import main
 from lavia_live.contract.records import InstructionRecord, read_records
 from lavia_live.contract.tasks import TaskLibrary
 from tests.openai_server import OpenAIServer, hold, ok
@@ -261,40 +262,35 @@ def test_kill_during_annotation_then_resume_repeats_no_call(demo_dir: Path, tmp_
     assert first_run == 5
 
 
-def test_export_llava(demo_dir: Path, tmp_path: Path) -> None:
+def test_export_llava(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ds"
     run(build_dataset([demo_dir], out, ORACLE))
     target = tmp_path / "llava.json"
-    cmd = [sys.executable, "-m", "lavia_live.cli", "data", "export", str(out / "records.jsonl")]
-    done = subprocess.run([*cmd, "--out", str(target)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
+    code = main(["data", "export", str(out / "records.jsonl"), "--out", str(target)])
+    assert code == 0, capsys.readouterr().err
     items = json.loads(target.read_text())
     assert items and all(set(i) == {"id", "image", "conversations"} for i in items)
     assert all(i["conversations"][0]["value"].count("<image>") == len(i["image"]) for i in items)
     assert all((out / p).is_file() for i in items for p in i["image"])
 
 
-def test_cli_build_and_demo_commands(tmp_path: Path) -> None:
+def test_cli_build_and_demo_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     demo = tmp_path / "demo"
-    base = [sys.executable, "-m", "lavia_live.cli", "data"]
-    done = subprocess.run(
-        [*base, "demo", "--out", str(demo), "--videos", "1", "--seed", "3", "--no-narration"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    code = main(
+        ["data", "demo", "--out", str(demo), "--videos", "1", "--seed", "3", "--no-narration"]
+    )
+    assert code == 0, capsys.readouterr().err
     assert (demo / "demo_00003.mp4").is_file() and (demo / "demo_00003.truth.json").is_file()
-    done = subprocess.run(
-        [*base, "build", str(demo), "--out", str(tmp_path / "ds"), "--dry-run"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0 and "clips" in done.stdout
+    capsys.readouterr()
+    code = main(["data", "build", str(demo), "--out", str(tmp_path / "ds"), "--dry-run"])
+    assert code == 0 and "clips" in capsys.readouterr().out
     assert not (tmp_path / "ds").exists()
-    done = subprocess.run(
-        [*base, "build", str(demo), "--out", str(tmp_path / "ds"), "--annotator", "oracle"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "records from" in done.stdout
+    code = main(
+        ["data", "build", str(demo), "--out", str(tmp_path / "ds"), "--annotator", "oracle"]
+    )
+    done = capsys.readouterr()
+    assert code == 0, done.err
+    assert "records from" in done.out
     shutil.rmtree(tmp_path / "ds")
 
 

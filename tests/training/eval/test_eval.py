@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from lavia_live.cli import main
 from lavia_live.contract.guidance import TASK_COMPLETE, Guidance, parse_guidance
 from lavia_live.contract.prompt import build_question_prompt
 from lavia_live.contract.records import InstructionRecord, QuestionInfo, read_records, write_jsonl
@@ -175,14 +174,15 @@ def test_question_records_are_asked_and_scored_apart(demo_records: Path, tmp_pat
 
 
 def test_cli_eval_of_a_local_checkpoint(
-    tiny_base: Path, demo_records: Path, tmp_path: Path
+    tiny_base: Path, demo_records: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "lavia_live.cli", "eval", "--model", str(tiny_base)]
-    cmd += ["--data", str(demo_records), "--out", str(out), "--limit", "3"]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
+    args = ["eval", "--model", str(tiny_base)]
+    args += ["--data", str(demo_records), "--out", str(out), "--limit", "3"]
+    code = main(args)
+    done = capsys.readouterr()
+    assert code == 0, done.err
     data = json.loads((out / "eval.json").read_text())
     assert data["clips"] == 3 and 0.0 <= data["parse_rate"] <= 1.0
     assert data["latency_mean_s"] > 0
-    assert "3 clips" in done.stdout
+    assert "3 clips" in done.out

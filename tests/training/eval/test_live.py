@@ -4,13 +4,12 @@ video run through the live loop with the embedded model, from the command line."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from lavia_live.cli import main
 from lavia_live.contract.tasks import TaskLibrary
 from training.demo.render import DemoSpec, DemoTruth, StepSpan, render_demo_video
 from training.eval.live import (
@@ -128,15 +127,18 @@ def test_videos_need_their_truth(tmp_path: Path) -> None:
         find_videos([tmp_path / "missing.mp4"])
 
 
-def test_cli_live_eval_of_the_embedded_model_on_a_rendered_video(tmp_path: Path) -> None:
+def test_cli_live_eval_of_the_embedded_model_on_a_rendered_video(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     task = TaskLibrary.load().require("demo_oil_change")
     spec = DemoSpec(min_step_s=4, max_step_s=5, mistake_rate=0.0, narration=False)
     truth = render_demo_video(task, 200011, tmp_path / "videos", spec)
     out = tmp_path / "live"
-    cmd = [sys.executable, "-m", "lavia_live.cli", "eval", "--model", "embedded"]
-    cmd += ["--live", str(tmp_path / "videos"), "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
-    assert done.returncode == 0, done.stderr
+    code = main(
+        ["eval", "--model", "embedded", "--live", str(tmp_path / "videos"), "--out", str(out)]
+    )
+    done = capsys.readouterr()
+    assert code == 0, done.err
     data = json.loads((out / "live.json").read_text())
     n_spans = len(truth.spans)
     assert data["mode"] == "fast" and data["videos"] == 1 and data["spans"] == n_spans
@@ -158,4 +160,4 @@ def test_cli_live_eval_of_the_embedded_model_on_a_rendered_video(tmp_path: Path)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
     report = (out / "live.md").read_text()
     assert "timeline_demo_200011.png" in report and "steps announced" in report
-    assert f"{data['announced']}/{n_spans} steps announced" in done.stdout
+    assert f"{data['announced']}/{n_spans} steps announced" in done.out

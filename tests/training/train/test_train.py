@@ -12,6 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from lavia_live.cli import main
 from lavia_live.contract.prompt import parse_llava_text
 from lavia_live.contract.records import read_records
 from lavia_live.models.families import encode, load_model
@@ -167,10 +168,10 @@ def test_length_grouped_batches_are_fixed_by_seed_and_epoch() -> None:
 
 
 def test_killed_run_resumes_at_its_checkpoint_with_the_same_data_order(
-    tmp_path: Path, tiny_base: Path, demo_records: Path
+    tmp_path: Path, tiny_base: Path, demo_records: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """kill -9 once a checkpoint exists; the rerun ends with the uninterrupted weights."""
-    steps = 40
+    steps = 16
     straight = Trainer(
         settings(tmp_path / "a", tiny_base, demo_records, max_steps=steps), progress=False
     )
@@ -189,28 +190,31 @@ def test_killed_run_resumes_at_its_checkpoint_with_the_same_data_order(
         time.sleep(0.02)  # polling the file system, not synchronising on time
     proc.wait()
     assert not (tmp_path / "b" / "run" / "final").exists(), "the run ended before the kill"
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-    assert "resumed from step" in done.stdout and f"trained {steps} steps" in done.stdout
+    capsys.readouterr()
+    code = main(cmd[3:])  # the rerun, in this process
+    done = capsys.readouterr()
+    assert code == 0, done.err
+    assert "resumed from step" in done.out and f"trained {steps} steps" in done.out
     a = load_file(str(straight_result.final_dir / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "run" / "final" / "model.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_dry_run_and_bad_settings(tmp_path: Path, tiny_base: Path, demo_records: Path) -> None:
+def test_dry_run_and_bad_settings(
+    tmp_path: Path, tiny_base: Path, demo_records: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "t.yaml"
     s = settings(tmp_path, tiny_base, demo_records, method="lora")
     config.write_text(yaml.safe_dump({"train": s.model_dump(mode="json")}))
-    base = [sys.executable, "-m", "lavia_live.cli", "train", "-c", str(config)]
-    done = subprocess.run([*base, "--dry-run"], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
-    assert "trainable" in done.stdout and "tokens per example" in done.stdout
+    base = ["train", "-c", str(config)]
+    code = main([*base, "--dry-run"])
+    done = capsys.readouterr()
+    assert code == 0, done.err
+    assert "trainable" in done.out and "tokens per example" in done.out
     assert not (tmp_path / "run").exists()
-    done = subprocess.run(
-        [*base, "--set", "train.method=qlora"], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 2 and "QLoRA needs a CUDA GPU" in done.stderr
+    code = main([*base, "--set", "train.method=qlora"])
+    assert code == 2 and "QLoRA needs a CUDA GPU" in capsys.readouterr().err
     with pytest.raises(TrainError, match="no base model"):
         Trainer(TrainSettings(train_records=[demo_records]))
 
