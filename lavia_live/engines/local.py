@@ -33,6 +33,7 @@ from lavia_live.errors import LaviaError
 from lavia_live.models.families import LoadedModel, encode, end_of_turn_id, load_model
 
 _DONE = object()
+_GENERATION_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)  # torch's OOM included
 _STEP_LINES_CACHE = 32  # tasks whose step lines are kept
 T = TypeVar("T")
 
@@ -144,6 +145,14 @@ class LocalEngine:
             **sampling,
         )
 
+    def _generate(self, **kwargs: Any) -> torch.Tensor:
+        """The model's ``generate`` (blocking); raises one of ``_GENERATION_ERRORS``."""
+        with torch.inference_mode():
+            return self.loaded.model.generate(**kwargs)  # type: ignore[no-any-return]
+
+    def _failed(self, exc: Exception) -> EngineError:
+        return EngineError(f"{self.name}: generation failed: {exc}")
+
     def _choose(
         self,
         prompt: Prompt,
@@ -161,12 +170,9 @@ class LocalEngine:
         prompt_length = int(kwargs["input_ids"].shape[1])
         processor = StepLinesProcessor(lines, prompt_length)
         try:
-            with torch.inference_mode():
-                out = self.loaded.model.generate(
-                    **kwargs, logits_processor=LogitsProcessorList([processor])
-                )
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # OOM included
-            raise EngineError(f"{self.name}: generation failed: {exc}") from exc
+            out = self._generate(logits_processor=LogitsProcessorList([processor]), **kwargs)
+        except _GENERATION_ERRORS as exc:
+            raise self._failed(exc) from exc
         text = self.loaded.processor.tokenizer.decode(
             out[0, prompt_length:], skip_special_tokens=True
         )
@@ -189,9 +195,8 @@ class LocalEngine:
 
         def run() -> None:
             try:
-                with torch.inference_mode():
-                    loaded.model.generate(**kwargs)
-            except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # OOM included
+                self._generate(**kwargs)
+            except _GENERATION_ERRORS as exc:
                 errors.append(exc)
                 streamer.end()  # type: ignore[no-untyped-call]  # wake the reader
 
@@ -231,4 +236,4 @@ class LocalEngine:
                 stop.set()  # the stream was read to its end, closed or cancelled
                 await asyncio.to_thread(thread.join)
             if errors:
-                raise EngineError(f"{self.name}: generation failed: {errors[0]}") from errors[0]
+                raise self._failed(errors[0]) from errors[0]
