@@ -17,6 +17,7 @@ called anyway.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -28,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -445,8 +446,18 @@ def machine() -> str:
     )
 
 
-def setup_logging(verbose: bool) -> None:
+def run_benchmark(
+    parser: argparse.ArgumentParser,
+    main_async: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
+) -> None:
+    """What every live benchmark's ``main`` does after declaring its options: ``-v`` for
+    progress logs, the run, and how long it took."""
+    parser.add_argument("-v", "--verbose", action="store_true", help="progress logs")
+    args = parser.parse_args()
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    started = time.perf_counter()
+    asyncio.run(main_async(args))
+    log.info("done in %.0f s", time.perf_counter() - started)

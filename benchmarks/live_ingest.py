@@ -29,7 +29,6 @@ time (all threads: ``time.process_time``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,9 +45,9 @@ from _server import (
     fmt,
     machine,
     median,
+    run_benchmark,
     run_clients,
     running,
-    setup_logging,
     steady_window,
     table,
 )
@@ -236,10 +235,7 @@ def main() -> None:
     parser.add_argument(
         "--content", default="demo,camera", help="streams to measure: demo, camera or both"
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args()
-    setup_logging(args.verbose)
-    asyncio.run(main_async(args))
+    run_benchmark(parser, main_async)
 
 
 if __name__ == "__main__":

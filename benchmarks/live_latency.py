@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, field
 
 from _loopback import use_loopback_only_ice
@@ -52,9 +51,9 @@ from _server import (
     machine,
     median,
     percentile,
+    run_benchmark,
     run_clients,
     running,
-    setup_logging,
     table,
     wait_closed,
 )
@@ -275,12 +274,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1, help="peers streaming at once")
     parser.add_argument("--kbps", type=int, default=1000, help="VP8 bitrate of the streams")
     parser.add_argument("--seed", type=int, default=101, help="seed of the first demo video")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args()
-    setup_logging(args.verbose)
-    started = time.perf_counter()
-    asyncio.run(main_async(args))
-    log.info("done in %.0f s", time.perf_counter() - started)
+    run_benchmark(parser, main_async)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from fractions import Fraction
 
 import av
 from _media import DEMO_TASK, demo_video
-from _server import PausedEngine, PausedScheduler, fmt, machine, setup_logging, slope, table
+from _server import PausedEngine, PausedScheduler, fmt, machine, run_benchmark, slope, table
 
 from lavia_live.config.settings import Settings
 from lavia_live.contract.prompt import Prompt
@@ -197,17 +197,9 @@ async def run(args: argparse.Namespace) -> tuple[list[Sample], list[str], str]:
     return samples, growth, wall
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=60.0, help="simulated video")
-    parser.add_argument("--speed", type=float, default=30.0, help="x real time; 0: flat out")
-    parser.add_argument("--engine", choices=["embedded", "paused"], default="embedded")
-    parser.add_argument("--every", type=float, default=5.0, help="simulated minutes per sample")
-    parser.add_argument("--seed", type=int, default=1, help="demo video seed")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args()
-    setup_logging(args.verbose)
-    samples, growth, wall = asyncio.run(run(args))
+async def report(args: argparse.Namespace) -> None:
+    """Run, then print the tables."""
+    samples, growth, wall = await run(args)
 
     base = samples[1] if len(samples) > 1 else samples[0]
     rows = [
@@ -275,6 +267,16 @@ def main() -> None:
         for line in growth:
             print(f"- {line}")
     print(f"\n{machine()}.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=60.0, help="simulated video")
+    parser.add_argument("--speed", type=float, default=30.0, help="x real time; 0: flat out")
+    parser.add_argument("--engine", choices=["embedded", "paused"], default="embedded")
+    parser.add_argument("--every", type=float, default=5.0, help="simulated minutes per sample")
+    parser.add_argument("--seed", type=int, default=1, help="demo video seed")
+    run_benchmark(parser, report)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ for each frame rate. 5 fps is what the browser client asks for (``CAPTURE`` in
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import math
 import os
@@ -44,9 +43,9 @@ from _server import (
     fmt,
     machine,
     percentile,
+    run_benchmark,
     run_clients,
     running,
-    setup_logging,
     steady_window,
     table,
     wait_closed,
@@ -265,10 +264,7 @@ def main() -> None:
     parser.add_argument("--kbps", type=int, default=1000, help="VP8 bitrate of the stream")
     parser.add_argument("--seed", type=int, default=1, help="demo video seed (--content demo)")
     parser.add_argument("--peers-per-process", type=int, default=4)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args()
-    setup_logging(args.verbose)
-    asyncio.run(main_async(args))
+    run_benchmark(parser, main_async)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from types import SimpleNamespace
 import av
 from _loopback import use_loopback_only_ice
 from _media import VIDEO_CLOCK, VIDEO_TIME_BASE, demo_video
-from _server import fmt, machine, percentile, setup_logging, table
+from _server import fmt, machine, percentile, run_benchmark, table
 from aiortc import MediaStreamTrack
 
 from lavia_live.config import Settings
@@ -196,12 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--interruptions", type=int, default=25, help="rounds (at least 20)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the random offsets")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args()
-    setup_logging(args.verbose)
-    started = time.perf_counter()
-    asyncio.run(main_async(args))
-    log.info("done in %.0f s", time.perf_counter() - started)
+    run_benchmark(parser, main_async)
 
 
 if __name__ == "__main__":

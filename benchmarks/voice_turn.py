@@ -29,14 +29,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from _loopback import use_loopback_only_ice
 from _media import demo_video
-from _server import fmt, machine, percentile, setup_logging, table
+from _server import fmt, machine, percentile, run_benchmark, table
 from voice_bargein import still_client
 
 from lavia_live.config import Settings
@@ -174,12 +173,7 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=20, help="questions (at least 20)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args()
-    setup_logging(args.verbose)
-    started = time.perf_counter()
-    asyncio.run(main_async(args))
-    log.info("done in %.0f s", time.perf_counter() - started)
+    run_benchmark(parser, main_async)
 
 
 if __name__ == "__main__":
