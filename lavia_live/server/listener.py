@@ -8,7 +8,11 @@ batches to the shared VAD thread, which resamples it to 16 kHz mono
 person speaks, the utterance so far is sent every ``partial_interval_s`` to the shared
 :class:`~lavia_live.server.recognizer.RecognitionWorker` for a partial ``transcript`` (skipped
 when the worker is busy); at its end the utterance is sent for the final one, whose text is
-asked through ``ask``, exactly as a typed question. A pause in the audio (the microphone
+asked through ``ask``, exactly as a typed question. The final is started early: once
+``speech_pad_ms`` of silence follows the speech, the audio the utterance will end with is
+already known (:meth:`~lavia_live.speech.vad.UtteranceSegmenter.ending`), so it is sent then,
+while the rest of ``min_silence_ms`` is waited for; if the person speaks again, that early
+request is cancelled and the utterance goes on. A pause in the audio (the microphone
 turned off) or the track's end finishes the utterance in progress; while ``gated`` says so
 (the assistant is speaking, for speakers without echo cancelling) the audio is dropped.
 
@@ -105,6 +109,8 @@ class Listener:
         self._closed = False
         self._current: int | None = None  # index of the utterance in progress
         self._partial_at = 0.0  # when the last partial was asked for
+        # the final asked for early: (utterance index, its spoken samples, the request)
+        self._early: tuple[int, int, asyncio.Future[Transcript]] | None = None
         self._answered = 0  # highest utterance index whose final transcript was sent
         self._shown = 0  # highest utterance index a partial transcript was sent for
         self._vad_failed = False
@@ -220,6 +226,7 @@ class Listener:
                     self._started(event)
                 else:
                     self._finish(event)
+            self._maybe_early_final()
             self._maybe_partial()
 
     def _segment(self, items: list[av.AudioFrame | _Mark]) -> list[SegmentEvent]:
@@ -254,20 +261,48 @@ class Listener:
         self._current = None
         uid = self._uid(event.index)
         self.on_speech_end(uid)
+        early, self._early = self._early, None
+        if early is not None and (early[0], early[1]) != (event.index, event.spoken):
+            early[2].cancel()  # it heard less than the utterance ended with
+            early = None
         if event.audio is None:  # too short, or dropped
             self._count("dropped")
             if self._shown == event.index:  # the client shows a partial: it is void
                 self._answered = event.index
                 self._emit(TranscriptEvent(id=uid, final=True, text="", audio_s=0.0))
             return
-        try:
-            future = self._worker.submit(self.key, event.audio)
-        except (RecognizerBusy, SpeechError) as exc:
-            self._count("error")
-            self._report("asr_busy", str(exc), uid)
-            return
+        if early is not None and not early[2].cancelled():
+            future: asyncio.Future[Transcript] | None = early[2]  # the same audio, asked early
+        else:
+            try:
+                future = self._worker.submit(self.key, event.audio)
+            except (RecognizerBusy, SpeechError) as exc:
+                self._count("error")
+                self._report("asr_busy", str(exc), uid)
+                return
         assert future is not None
         future.add_done_callback(functools.partial(self._final, event, time.monotonic()))
+
+    def _maybe_early_final(self) -> None:
+        """Ask for the final transcript as soon as the utterance's audio is known (see the
+        module docstring); cancel that request if the person has spoken again since."""
+        index = self._current
+        ending = self._segmenter.ending() if index is not None else None
+        early = self._early
+        if early is not None:
+            if ending is not None and (early[0], early[1]) == (index, ending[0]):
+                return  # asked already, and still what the utterance will end with
+            early[2].cancel()
+            self._early = None
+        if index is None or ending is None:
+            return
+        spoken, audio = ending
+        try:
+            future = self._worker.submit(self.key, audio)
+        except (RecognizerBusy, SpeechError):
+            return  # the utterance's end asks again, and reports a failure then
+        assert future is not None
+        self._early = (index, spoken, future)
 
     def _maybe_partial(self) -> None:
         interval = self.settings.partial_interval_s

@@ -15,7 +15,10 @@ voiced windows are dropped. :class:`SpeechStarted` is returned by the very :meth
 scores that first voiced window, one window (32 ms) into the speech at best, long before the
 utterance ends: the live server stops the assistant's voice on it (barge-in). While
 :attr:`UtteranceSegmenter.holding` (push-to-talk held) silence ends nothing: :meth:`flush`
-does, at the release. Memory is
+does, at the release. Once ``pad_ms`` of silence has followed the speech,
+:meth:`UtteranceSegmenter.ending` gives the audio the utterance will end with if no more
+speech comes, so recognition can start before the rest of ``min_silence_ms`` has passed; the
+:attr:`SpeechEnded.spoken` of the end tells whether it did. Memory is
 fixed: one preallocated buffer of the longest utterance. Calls block (the model runs on the
 calling thread); one stream, one caller.
 """
@@ -117,6 +120,7 @@ class SpeechEnded:
     reason: EndReason
     start_s: float
     end_s: float
+    spoken: int = 0  # samples of the utterance up to the end of its last speech
 
     @property
     def duration_s(self) -> float:
@@ -163,6 +167,18 @@ class UtteranceSegmenter:
     def pausing(self) -> bool:
         """The utterance in progress has gone quiet (it may be about to end)."""
         return self.active and self._silence > 0
+
+    def ending(self) -> tuple[int, Float32] | None:
+        """While ``pad_ms`` or more of silence follows the speech: the utterance's
+        :attr:`SpeechEnded.spoken` and audio if it ends without more speech (the same audio
+        :meth:`feed` or :meth:`flush` will return); None otherwise, or if it is too short
+        to keep."""
+        if not self.active or self._silence < max(self._pad, WINDOW):
+            return None
+        if self._voiced < self._min_speech:
+            return None
+        spoken = self._length - self._silence
+        return spoken, self._buffer[: spoken + self._pad].copy()
 
     def current(self) -> Float32:
         """A copy of the utterance so far (for a partial transcript)."""
@@ -245,9 +261,9 @@ class UtteranceSegmenter:
         keep = self._length - max(self._silence - self._pad, 0)
         audio = self._buffer[:keep].copy() if self._voiced >= self._min_speech else None
         start = self._start / SAMPLE_RATE
-        events.append(
-            SpeechEnded(self.utterances, audio, reason, start, (self._start + keep) / SAMPLE_RATE)
-        )
+        end_s = (self._start + keep) / SAMPLE_RATE
+        spoken = self._length - self._silence
+        events.append(SpeechEnded(self.utterances, audio, reason, start, end_s, spoken))
         if reason == "silence" and self._pad:  # the silence heard is the next one's pre-roll
             tail = self._buffer[self._length - min(self._silence, self._pad) : self._length]
             self._preroll[self._pad - tail.shape[0] :] = tail

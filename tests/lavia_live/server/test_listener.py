@@ -257,3 +257,61 @@ async def test_push_to_talk_pauses_end_nothing_and_the_release_ends_it_at_once(
         finally:
             task.cancel()
             await asyncio.wait({task})
+
+
+class QueueMic(MediaStreamTrack):
+    """Gives the frames the test puts in ``queue``, when it puts them."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: asyncio.Queue[av.AudioFrame] = asyncio.Queue()
+
+    def say(self, audio: Float32) -> None:
+        for frame in frames_of(audio, 48000, "mono", "s16", ms=20):
+            self.queue.put_nowait(frame)
+
+    async def recv(self) -> av.AudioFrame:
+        return await self.queue.get()
+
+
+async def test_the_final_is_recognised_before_the_utterance_ends_and_redone_if_speech_resumes(
+    jfk: Float32, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(listener_module, "GAP_S", 60.0)  # the test's own pace pauses nothing
+    heard: list[int] = []  # samples of each audio the recogniser was given, in order
+
+    def transcribe(audio: Float32) -> Transcript:
+        heard.append(audio.shape[0])
+        return Transcript((Segment(0, 1, f"{audio.shape[0]} samples"),), "en", 1.0)
+
+    phrase = jfk[: 2 * SAMPLE_RATE]
+    silence = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
+    async with harness(
+        transcribe, min_silence_ms=1000, speech_pad_ms=200, partial_interval_s=0
+    ) as h:
+        ends: list[str] = []
+        h.listener.on_speech_end = ends.append
+        mic = QueueMic()
+        task = asyncio.create_task(h.listener.run(mic))
+        try:
+            # Speech, then half the silence that ends it: the final is asked for already.
+            mic.say(np.concatenate([phrase, silence]))
+            await wait_for(lambda: heard, 20, "recognition before the end")
+            assert not ends and not h.finals()
+            early = heard[-1]
+            # The person goes on: the utterance continues, and what was asked early is void.
+            mic.say(np.concatenate([phrase, silence, silence, silence]))
+            await wait_for(h.finals, 20, "the final transcript")
+            (final,) = h.finals()
+            assert ends == ["voice-1"] and final.ended == "silence"
+            whole = round(final.audio_s * SAMPLE_RATE)
+            assert early < whole and final.text == f"{whole} samples"
+            # The end was recognised once, before the utterance ended: the last audio the
+            # recogniser got is the utterance's, and nothing was asked after its end.
+            assert heard[-1] == whole and heard.count(whole) == 1
+            assert final.latency_ms is not None and final.latency_ms < 200
+        finally:
+            task.cancel()
+            await asyncio.wait({task})

@@ -186,3 +186,30 @@ def test_a_stream_that_changes_format_midway_is_resampled_from_then_on(jfk: Floa
     out = np.concatenate([resampler.resample(f) for f in frames] + [resampler.flush()])
     assert out.dtype == np.float32 and out.shape[0] == pytest.approx(jfk.shape[0], abs=800)
     assert resampler.flush().shape[0] == 0
+
+
+@pytest.mark.parametrize(("min_silence_ms", "phrases"), [(500, 3), (1200, 0)])
+def test_ending_gives_the_audio_the_utterance_ends_with_unless_speech_resumes(
+    jfk: Float32, min_silence_ms: int, phrases: int
+) -> None:
+    segmenter = UtteranceSegmenter(SegmenterOptions(min_silence_ms=min_silence_ms, pad_ms=200))
+    endings: dict[int, dict[int, Float32]] = {}  # utterance -> spoken samples -> audio
+    events: list[SegmentEvent] = []
+    for i in range(0, jfk.shape[0], WINDOW):
+        events += segmenter.feed(jfk[i : i + WINDOW])
+        ending = segmenter.ending()
+        if ending is not None:
+            endings.setdefault(segmenter.utterances, {})[ending[0]] = ending[1]
+    events += segmenter.flush()
+    assert segmenter.ending() is None
+    utterances = ended(events)
+    silent_ends = [u for u in utterances if u.reason == "silence"]
+    assert len(silent_ends) == phrases
+    for u in silent_ends:  # each end was known once 200 ms of its silence had passed
+        assert u.audio is not None
+        np.testing.assert_array_equal(endings[u.index][u.spoken], u.audio)
+    if min_silence_ms > 700:  # one utterance over JFK's ~0.7 s pauses: at each of them
+        (u,) = utterances  # an ending was given, and the speech went on
+        assert len([s for s in endings[u.index] if s != u.spoken]) >= 3
+        assert u.audio is not None  # the recording ends after 200 ms of silence: known too
+        np.testing.assert_array_equal(endings[u.index][u.spoken], u.audio)
