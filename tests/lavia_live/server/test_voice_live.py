@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import av
 import jiwer
 import numpy as np
 import numpy.typing as npt
@@ -23,11 +24,12 @@ from aiortc.mediastreams import MediaStreamError
 from lavia_live.config import Settings
 from lavia_live.server.app import LiveServer
 from lavia_live.server.audio import SAMPLE_RATE, SpeechTrack
-from lavia_live.speech.asr import decode_audio_file
+from lavia_live.speech.asr import TranscriptionOptions, decode_audio_file, transcribe_pcm
 from lavia_live.speech.synthesis import resample
 from lavia_live.speech.tts import SpeechAudio, synthesize
 from tests.lavia_live.server.conftest import NothingLeft, running_server, wait_for
 from tests.lavia_live.server.test_live import Client
+from tests.lavia_live.server.test_speech_live import ROBUST
 
 QUESTION = "How do I remove the drain plug from the engine oil pan?"
 KEYWORDS = {"remove", "drain", "plug", "engine", "oil", "pan"}
@@ -60,6 +62,7 @@ class MicClient(Client):
         self.said_from: float | None = None  # when the first sample of speech went out
         self.said_at: float | None = None  # when the last sample of speech went out
         self.heard: list[tuple[float, int]] = []  # (arrival, peak) per frame of the voice
+        self.recorded: list[tuple[float, npt.NDArray[np.int16]]] = []  # (arrival, 16 kHz mono)
         self.event_times: list[float] = []  # arrival of each of self.events
         self.channel.on("message", lambda m: self.event_times.append(time.monotonic()))
         self._listening: asyncio.Task[None] | None = None
@@ -70,13 +73,24 @@ class MicClient(Client):
             self._listening = asyncio.create_task(self._listen(track))
 
     async def _listen(self, track: MediaStreamTrack) -> None:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            now = time.monotonic()
             peak = int(np.abs(frame.to_ndarray()).max(initial=0))
-            self.heard.append((time.monotonic(), peak))
+            self.heard.append((now, peak))
+            for out in resampler.resample(frame):
+                self.recorded.append((now, np.asarray(out.to_ndarray(), np.int16).reshape(-1)))
+
+    def recording(self, start: float, end: float) -> npt.NDArray[np.float32]:
+        """The voice received between two times, float at 16 kHz."""
+        kept = [chunk for at, chunk in self.recorded if start <= at <= end]
+        return (
+            np.concatenate(kept).astype(np.float32) / 32768.0 if kept else np.zeros(0, np.float32)
+        )
 
     def say(self, speech: npt.NDArray[np.int16], pause_s: float = 1.0) -> None:
         """Speak ``speech`` (48 kHz) with ``pause_s`` of silence on each side."""
@@ -173,18 +187,29 @@ async def test_a_spoken_question_is_transcribed_answered_and_spoken(
             answer = [a for a in client.of("answer") if a["id"] == uid]
             assert answer[-1]["final"] and answer[-1]["text"], answer
             assert any(not a["final"] and a["delta"] for a in answer), "streamed"
-            # ...and is spoken by the session's voice.
+            # ...and is spoken by the session's voice: what the client hears has its words.
             await wait_for(
                 lambda: any(e["id"] == uid and e["state"] == "end" for e in client.of("speech")),
                 60,
                 "the answer spoken",
+            )
+            said = client.speech(id=uid)
+            expected = ROBUST & set(words(answer[-1]["text"]))
+            assert expected, f"nothing robust to listen for in {answer[-1]['text']!r}"
+            audio = client.recording(said[0][0], said[-1][0] + 0.5)
+            options = TranscriptionOptions(beam_size=1)
+            heard_answer = await asyncio.to_thread(transcribe_pcm, audio, options)
+            assert len(set(words(heard_answer.text)) & expected) >= min(2, len(expected)), (
+                heard_answer.text,
+                answer[-1]["text"],
             )
             assert not client.of("error"), client.of("error")
             assert session.listener is not None and session.listener.frames_received > 100
             print(
                 f"\nfinal transcript {final['text']!r}: {final['latency_ms']:.0f} ms after "
                 f"the end of the utterance, {heard_after_s * 1000:.0f} ms after the last "
-                f"sample of speech was sent; {len(partials)} partials"
+                f"sample of speech was sent; {len(partials)} partials; answer "
+                f"{answer[-1]['text']!r} heard as {heard_answer.text!r}"
             )
         finally:
             await client.close()
