@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 import numpy.typing as npt
+import voice_turn
 from _server import fmt, machine, percentile, run_benchmark, table
 
 from lavia_live.config.settings import ListeningSettings
@@ -36,11 +37,7 @@ from lavia_live.speech.tts import synthesize
 log = logging.getLogger("voice_load")
 
 QUESTIONS = (
-    "What do I do next?",
-    "Where does the old oil go?",
-    "How tight should the drain plug be?",
-    "Which tool do I need for the drain plug?",
-    "How much oil goes into the engine?",
+    *voice_turn.QUESTIONS,
     "Is the oil pan in the right place?",
     "When do I put the filler cap back?",
     "How do I check the level with the dipstick?",
