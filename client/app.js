@@ -736,6 +736,12 @@ function onState(s) {
   if (typeof s.last_latency_ms === "number") {
     parts.push(`last answer ${Math.round(s.last_latency_ms)} ms`);
   }
+  if (s.tokens) {
+    parts.push(`${s.tokens.prompt + s.tokens.completion} tokens`);
+  }
+  if (typeof s.cost_usd === "number") {
+    parts.push(`$${s.cost_usd.toFixed(4)}`);
+  }
   setStatus(parts.join(" · "));
 }
 

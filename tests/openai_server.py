@@ -13,6 +13,9 @@ once the queue is empty); ``stream: true`` is answered with server-sent events a
 API sends them (``data: {chunk}`` lines, then ``data: [DONE]``). ``GET /v1/models`` lists
 ``server.model_id``. Usage numbers follow OpenAI's rules of thumb (text ~4 characters per
 token, 85 tokens per low-detail image) and every response's usage is kept in ``usages``.
+A client that closes a chat request's connection before its answer ended (a cancelled
+stream) is seen within a few milliseconds: ``disconnects`` records the request's index and
+the loop time, and a hold, hang or slow first token ends there.
 
 ``POST /v1/audio/transcriptions`` (multipart: ``file``, ``model``, ``response_format``,
 ``timestamp_granularities[]``) records every upload in ``uploads`` (size, filename, model,
@@ -187,6 +190,7 @@ class OpenAIServer:
     default: Behaviour = field(default_factory=ok)
     requests: list[ReceivedRequest] = field(default_factory=list)
     usages: list[tuple[int, int]] = field(default_factory=list)
+    disconnects: list[tuple[int, float]] = field(default_factory=list)  # (request, loop time)
     in_flight: int = 0
     max_in_flight: int = 0
     port: int = 0
@@ -266,11 +270,23 @@ class OpenAIServer:
             ReceivedRequest(request.path, body, dict(request.headers), loop.time())
         )
         behaviour = self._queue.popleft() if self._queue else self.default
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(request, len(self.requests) - 1, gone))
         await self._count(+1)
         try:
-            return await self._answer(request, body, behaviour)
+            return await self._answer(request, body, behaviour, gone)
         finally:
+            watcher.cancel()  # first: a "cut" answer drops the connection itself
             await self._count(-1)
+
+    async def _watch(self, request: web.Request, index: int, gone: asyncio.Event) -> None:
+        """Record the client closing request ``index``'s connection (polled every 5 ms)."""
+        while request.transport is not None and not request.transport.is_closing():
+            await asyncio.sleep(0.005)
+        gone.set()
+        async with self._changed:
+            self.disconnects.append((index, asyncio.get_running_loop().time()))
+            self._changed.notify_all()
 
     async def _count(self, delta: int) -> None:
         async with self._changed:
@@ -398,25 +414,30 @@ class OpenAIServer:
         return web.json_response(_verbose_transcription(upload.duration, text, segments))
 
     async def _answer(
-        self, request: web.Request, body: dict[str, Any], behaviour: Behaviour
+        self, request: web.Request, body: dict[str, Any], behaviour: Behaviour, gone: asyncio.Event
     ) -> web.StreamResponse:
-        return await self._respond(behaviour, ok(), lambda b: self._chat_answer(request, body, b))
+        return await self._respond(
+            behaviour, ok(), lambda b: self._chat_answer(request, body, b, gone), gone
+        )
 
     async def _respond(
         self,
         behaviour: Behaviour,
         fallback: Behaviour,
         answer: Callable[[Behaviour], Awaitable[web.StreamResponse]],
+        gone: asyncio.Event | None = None,
     ) -> web.StreamResponse:
-        """Play the error/hang/hold/malformed behaviours; ``answer`` the "ok" ones."""
+        """Play the error/hang/hold/malformed behaviours; ``answer`` the "ok" ones. A hold or
+        hang ends early when the server closes or the client is ``gone``."""
+        ends = [self._closing] if gone is None else [self._closing, gone]
         if behaviour.kind == "hold":
             assert behaviour.release is not None
-            await _first(behaviour.release.wait(), self._closing.wait())
-            if self._closing.is_set():
-                return _error(503, "server closing")
-            return await self._respond(behaviour.then or fallback, fallback, answer)
+            await _first(behaviour.release.wait(), *(e.wait() for e in ends))
+            if self._closing.is_set() or (gone is not None and gone.is_set()):
+                return _error(503, "server closing or client gone")
+            return await self._respond(behaviour.then or fallback, fallback, answer, gone)
         if behaviour.kind == "hang":
-            await _first(asyncio.sleep(behaviour.seconds), self._closing.wait())
+            await _first(asyncio.sleep(behaviour.seconds), *(e.wait() for e in ends))
             return _error(504, "hung on purpose")
         if behaviour.kind == "error":
             headers = (
@@ -434,12 +455,12 @@ class OpenAIServer:
         return await answer(behaviour)
 
     async def _chat_answer(
-        self, request: web.Request, body: dict[str, Any], behaviour: Behaviour
+        self, request: web.Request, body: dict[str, Any], behaviour: Behaviour, gone: asyncio.Event
     ) -> web.StreamResponse:
         usage = behaviour.usage or (_prompt_tokens(body), max(1, len(behaviour.content) // 4))
         self.usages.append(usage)
         if body.get("stream"):
-            return await self._stream(request, body, behaviour, usage)
+            return await self._stream(request, body, behaviour, usage, gone)
         return web.json_response(_completion(body, self.model_id, behaviour.content, usage))
 
     async def _stream(
@@ -448,9 +469,11 @@ class OpenAIServer:
         body: dict[str, Any],
         behaviour: Behaviour,
         usage: tuple[int, int],
+        gone: asyncio.Event,
     ) -> web.StreamResponse:
         """Server-sent events as the real API sends them; ``first_token_s`` pauses before the
-        content and ``cut_after`` drops the connection mid-answer (``Behaviour``)."""
+        content (ended early when the client is ``gone``) and ``cut_after`` drops the
+        connection mid-answer (``Behaviour``)."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         base = {
@@ -466,7 +489,11 @@ class OpenAIServer:
         try:
             for k, delta in enumerate(events):
                 if k == 1 and behaviour.first_token_s > 0:
-                    await _first(asyncio.sleep(behaviour.first_token_s), self._closing.wait())
+                    await _first(
+                        asyncio.sleep(behaviour.first_token_s), self._closing.wait(), gone.wait()
+                    )
+                if gone.is_set():
+                    return response
                 chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
                 await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
             if behaviour.cut_after is not None:

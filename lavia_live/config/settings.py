@@ -76,6 +76,21 @@ class EngineSettings(_Section):
         None, ge=32, le=4096, description="frame size sent to the model; null: the engine's"
     )
     jpeg_quality: int = Field(90, ge=1, le=100)
+    image_detail: Literal["low", "high", "auto"] | None = Field(
+        "low", description="OpenAI image detail of each frame; null: left to the server"
+    )
+    supersede_after_s: float | None = Field(
+        5.0,
+        gt=0,
+        description="a newer clip cancels guidance in flight this long without a token; "
+        "null: never",
+    )
+    price_per_mtok_input: float | None = Field(
+        None, ge=0, description="USD per million prompt tokens, for the cost in 'state'"
+    )
+    price_per_mtok_output: float | None = Field(
+        None, ge=0, description="USD per million completion tokens; null: cost unknown"
+    )
 
 
 class IceServer(_Section):

@@ -30,21 +30,28 @@ def open_engine(
     cpu_threads: int = 0,
     steps_only: bool = True,
     beams: int = 1,
+    image_detail: str | None = "low",
 ) -> Engine:
     """The engine ``spec`` names (see the module docstring); :class:`EngineError` if it
     cannot be opened (no such folder, no API key, a model that does not load).
     ``cpu_threads`` > 0 sets torch's CPU threads (process-wide) for an in-process model;
-    ``steps_only`` and ``beams`` are its guidance decoding (:class:`LocalEngine`)."""
+    ``steps_only`` and ``beams`` are its guidance decoding (:class:`LocalEngine`);
+    ``image_detail`` is an OpenAI-compatible server's image part detail (None: not sent)."""
     if not spec:
         raise EngineError("no engine given: use 'embedded', a model folder, openai:MODEL or a URL")
     if spec.startswith(("http://", "https://")):
         options = OpenAIEngineOptions(
-            model=api_model or "default", base_url=spec, api_key_env=api_key_env
+            model=api_model or "default",
+            base_url=spec,
+            api_key_env=api_key_env,
+            image_detail=image_detail,
         )
         return OpenAIEngine(options)
     if spec.startswith("openai:"):
         model = spec.split(":", 1)[1]
-        return OpenAIEngine(OpenAIEngineOptions(model=model, api_key_env=api_key_env))
+        return OpenAIEngine(
+            OpenAIEngineOptions(model=model, api_key_env=api_key_env, image_detail=image_detail)
+        )
     from lavia_live.engines.local import LocalEngine  # torch + transformers: only when needed
 
     folder = model_folder(spec)

@@ -62,6 +62,12 @@ async def _stoppable(stop: threading.Event, func: Callable[..., T], *args: Any) 
         raise
 
 
+def _count(options: GenerationOptions, prompt_length: int, out: torch.Tensor) -> None:
+    """Add a finished generation's token counts to ``options.usage`` (if kept)."""
+    if options.usage is not None:
+        options.usage.add(prompt_length, int(out.shape[1]) - prompt_length)
+
+
 def decode_frames(frames_jpeg: Sequence[bytes]) -> list[Image.Image]:
     images = []
     for i, data in enumerate(frames_jpeg):
@@ -173,6 +179,7 @@ class LocalEngine:
             out = self._generate(logits_processor=LogitsProcessorList([processor]), **kwargs)
         except _GENERATION_ERRORS as exc:
             raise self._failed(exc) from exc
+        _count(options, prompt_length, out)
         text = self.loaded.processor.tokenizer.decode(
             out[0, prompt_length:], skip_special_tokens=True
         )
@@ -193,9 +200,11 @@ class LocalEngine:
 
         errors: list[Exception] = []
 
+        prompt_length = int(kwargs["input_ids"].shape[1])
+
         def run() -> None:
             try:
-                self._generate(**kwargs)
+                _count(options, prompt_length, self._generate(**kwargs))
             except _GENERATION_ERRORS as exc:
                 errors.append(exc)
                 streamer.end()  # type: ignore[no-untyped-call]  # wake the reader

@@ -1,7 +1,10 @@
 """Engine over any OpenAI-compatible ``/v1/chat/completions``: GPT-4o, or a model served by
 SGLang or vLLM (attach by URL). Streams. The ``openai`` SDK retries a failed request
 (``max_retries``: 408/409/429/5xx, connection errors and timeouts, honouring Retry-After)
-until a response starts; a stream that then stalls or breaks off is an error, not restarted."""
+until a response starts; a stream that then stalls or breaks off is an error, not restarted.
+Every request asks for the stream's usage (``stream_options.include_usage``), which goes to
+``GenerationOptions.usage``. Closing the stream (or cancelling its reader) closes the HTTP
+response, so the server can stop generating."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ class OpenAIEngineOptions:
     # Retries of a request the SDK may make before the answer starts (so at most
     # max_retries + 1 requests a clip); 0 turns them off.
     max_retries: int = 2
-    image_detail: str | None = "low"
+    image_detail: str | None = "low"  # OpenAI's image part detail: low, high, auto; None: unset
     max_concurrency: int = 8  # requests in flight across live sessions
 
 
@@ -58,16 +61,20 @@ class OpenAIEngine:
         received = 0  # characters yielded so far
         finished = False
         try:
-            stream = await self._client.chat.completions.create(
+            stream = await self._client.chat.completions.create(  # type: ignore[call-overload]
                 model=opts.model,
-                messages=messages,  # type: ignore[arg-type]
+                messages=messages,
                 max_tokens=options.max_tokens,
                 temperature=options.temperature,
                 stream=True,
+                stream_options={"include_usage": True},
             )
             response = cast("openai.AsyncStream[ChatCompletionChunk]", stream)
             try:
                 async for chunk in response:
+                    if chunk.usage is not None and options.usage is not None:
+                        used = chunk.usage
+                        options.usage.add(used.prompt_tokens, used.completion_tokens)
                     if not chunk.choices:
                         continue
                     choice = chunk.choices[0]
@@ -79,7 +86,7 @@ class OpenAIEngine:
                 await response.close()  # also when the consumer stops early
         except openai.APIError as exc:
             reason = describe_error(exc, opts.timeout_s)
-            raise EngineError(self._failure(reason, received)) from exc
+            raise EngineError(self._failure(reason, received), error_code(exc)) from exc
         except ValueError as exc:  # an event whose data is not JSON
             raise EngineError(self._failure(f"malformed response: {exc}", received)) from exc
         if not finished:
@@ -89,3 +96,13 @@ class OpenAIEngine:
         if received:  # part of an answer was shown: it is not asked for again
             return f"{self.name}: stream broke off after {received} characters: {reason}"
         return f"{self.name}: {reason}"
+
+
+def error_code(exc: openai.APIError) -> str:
+    """The :class:`EngineError` code of a failed request: ``rate_limited`` (429),
+    ``engine_unavailable`` (5xx, no connection, a timeout), else ``engine_error``."""
+    if isinstance(exc, openai.RateLimitError):
+        return "rate_limited"
+    if isinstance(exc, openai.InternalServerError | openai.APIConnectionError):
+        return "engine_unavailable"  # APITimeoutError is an APIConnectionError
+    return "engine_error"

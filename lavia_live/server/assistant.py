@@ -8,6 +8,15 @@ guidance request on the clip (a newer clip replaces one still waiting). The engi
 goes through the guidance parser into the :class:`StepTracker`, which decides what to
 announce. Questions are answered with the current clip and the tracker's history, streamed.
 Events leave through ``emit``; this module knows nothing of WebRTC.
+
+Requests in flight are cancelled (an OpenAI-compatible engine's HTTP stream closed) when they
+are superseded: a reset or task switch cancels whatever runs, the session's end cancels it,
+and a newer clip cancels the guidance in flight when it is stale: no token after
+``engine.supersede_after_s`` (a request that replaced a superseded one runs to its end, so
+a model slower than that still answers every other clip). An engine failure is one ``error``
+event (``rate_limited``, ``engine_unavailable``, ...) until a request succeeds again; the
+session goes on. Token counts the engine reports add up per session (``state``) and per
+server (``/metrics``), priced when the config gives prices.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from lavia_live.contract.guidance import parse_guidance
 from lavia_live.contract.prompt import Prompt, build_guidance_prompt, build_question_prompt
 from lavia_live.contract.sampling import TimestampSampler
 from lavia_live.contract.tasks import TaskContext
-from lavia_live.engines.base import Engine, EngineError, GenerationOptions
+from lavia_live.engines.base import Engine, EngineError, GenerationOptions, Usage
 from lavia_live.server.metrics import Metrics
 from lavia_live.server.protocol import (
     AnswerEvent,
@@ -39,6 +48,7 @@ from lavia_live.server.protocol import (
     StateEvent,
     TaskEvent,
     TaskInfo,
+    TokenCount,
 )
 from lavia_live.server.scheduler import QueueFull, Scheduler
 from lavia_live.server.tracker import StepTracker
@@ -58,17 +68,40 @@ class LoopOptions:
     confirm_answers: int
     max_tokens: int
     question_max_chars: int
+    supersede_after_s: float | None = None
+    price_per_mtok: tuple[float, float] | None = None  # (prompt, completion) USD
 
     @classmethod
     def of(cls, settings: Settings, frame_max_side: int) -> LoopOptions:
         engine = settings.engine
+        price_in, price_out = engine.price_per_mtok_input, engine.price_per_mtok_output
         return cls(
             frame_format=FrameFormat(engine.frame_max_side or frame_max_side, engine.jpeg_quality),
             min_frames=settings.sampling.min_frames_for_guidance,
             confirm_answers=settings.serve.confirm_answers,
             max_tokens=engine.max_tokens,
             question_max_chars=settings.serve.question_max_chars,
+            supersede_after_s=engine.supersede_after_s,
+            price_per_mtok=(
+                (price_in, price_out) if price_in is not None and price_out is not None else None
+            ),
         )
+
+    def cost_usd(self, usage: Usage) -> float | None:
+        if self.price_per_mtok is None:
+            return None
+        prompt, completion = self.price_per_mtok
+        return (usage.prompt_tokens * prompt + usage.completion_tokens * completion) / 1e6
+
+
+@dataclass
+class _InFlight:
+    """The model request a session has running."""
+
+    kind: str  # the prompt's kind: guidance or question
+    started: float  # perf_counter
+    protected: bool  # it replaced a superseded request: it runs to its end
+    first_token: bool = False
 
 
 class LiveAssistant:
@@ -106,6 +139,11 @@ class LiveAssistant:
         self._generation = 0  # bumped by a task switch or reset: late answers are ignored
         self._question_ids = itertools.count(1)
         self._wall_start = time.monotonic()
+        self.usage = Usage()  # this session's tokens, as the engine reports them
+        self._metered = Usage()  # what of it the server's metrics already counted
+        self._in_flight: _InFlight | None = None
+        self._superseded_last = False  # the last guidance request was superseded
+        self._failing: str | None = None  # the engine's error code, reported once
 
     # -- video in -------------------------------------------------------------------
 
@@ -141,7 +179,26 @@ class LiveAssistant:
             return None
         clip = self.buffer.snapshot()
         generation = self._generation
+        self._supersede_stale()
         return self._scheduler.submit_clip(self.key, lambda: self._guide(clip, generation))
+
+    def _supersede_stale(self) -> None:
+        """A newer clip is ready: cancel the guidance in flight if it has had no token for
+        ``supersede_after_s`` (and did not itself replace a superseded request)."""
+        flight, limit = self._in_flight, self.options.supersede_after_s
+        if limit is None or flight is None or flight.kind != "guidance":
+            return
+        if flight.first_token or flight.protected:
+            return
+        waited = time.perf_counter() - flight.started
+        if waited < limit or not self._scheduler.cancel_running(self.key):
+            return
+        self._superseded_last = True
+        if self.metrics:
+            self.metrics.cancelled_requests.labels("superseded").inc()
+        log.info(
+            "guidance superseded after %.1f s without a token", waited, extra={"session": self.key}
+        )
 
     # -- client requests ------------------------------------------------------------
 
@@ -173,18 +230,27 @@ class LiveAssistant:
         self.emit(TaskEvent(task=TaskInfo.of(task)))
 
     def reset(self) -> None:
-        """Start the task over: progress forgotten, waiting requests dropped."""
+        """Start the task over: progress forgotten, waiting requests dropped and the one in
+        flight cancelled (a question's answer then ends empty)."""
         self._generation += 1
         self.tracker.reset(self.task)
         self._scheduler.drop_pending(self.key)
+        self._superseded_last = False
+        if self._scheduler.cancel_running(self.key) and self.metrics:
+            self.metrics.cancelled_requests.labels("reset").inc()
 
     def state(self) -> StateEvent:
+        usage = self.usage
+        tokens = TokenCount(prompt=usage.prompt_tokens, completion=usage.completion_tokens)
+        cost = self.options.cost_usd(usage)
         return StateEvent(
             frames_received=self.frames_received,
             frames_sampled=self.frames_sampled,
             buffered=len(self.buffer),
             model_busy=self._scheduler.busy(self.key),
             last_latency_ms=self.last_latency_ms,
+            tokens=tokens if usage.requests else None,
+            cost_usd=round(cost, 6) if cost is not None and usage.requests else None,
         )
 
     # -- model requests (run by the scheduler) --------------------------------------
@@ -200,6 +266,31 @@ class LiveAssistant:
         log.info("%s: %s", code, message, extra={"session": self.key})
         self.emit(ErrorEvent(code=code, message=message, id=question_id))
 
+    def _engine_failed(self, code: str, message: str, question_id: str | None) -> None:
+        """An engine failure: reported when it is new (or concerns a question); the same
+        failure again on the next clips is only counted, until a request succeeds."""
+        if question_id is None and code == self._failing:
+            if self.metrics:
+                self.metrics.errors.labels(code).inc()
+            log.debug("%s again: %s", code, message, extra={"session": self.key})
+        else:
+            self.report(code, message, question_id)
+        self._failing = code
+
+    def _meter(self) -> None:
+        """Add the tokens counted since the last call to the server's metrics."""
+        usage, metered = self.usage, self._metered
+        prompt = usage.prompt_tokens - metered.prompt_tokens
+        completion = usage.completion_tokens - metered.completion_tokens
+        if self.metrics is None or not (prompt or completion):
+            return
+        self.metrics.engine_tokens.labels("prompt").inc(prompt)
+        self.metrics.engine_tokens.labels("completion").inc(completion)
+        cost = self.options.cost_usd(Usage(prompt, completion))
+        if cost is not None:
+            self.metrics.engine_cost.inc(cost)
+        metered.add(prompt, completion)
+
     async def _stream(
         self,
         prompt: Prompt,
@@ -210,21 +301,35 @@ class LiveAssistant:
         """The engine's answer (pieces passed on as they come), or None after an error
         event. Timed for the ``state`` events and the latency histogram."""
         frames: Sequence[bytes] = [f.jpeg for f in clip]
-        options = GenerationOptions(max_tokens=self.options.max_tokens)
+        options = GenerationOptions(max_tokens=self.options.max_tokens, usage=self.usage)
         started = time.perf_counter()
+        flight = _InFlight(prompt.kind, started, protected=self._superseded_last)
+        self._in_flight = flight
         pieces: list[str] = []
         try:
+            # A cancellation reaches the engine's generator where it waits, so its own
+            # cleanup closes the request (an HTTP stream, a generation thread).
             async with asyncio.timeout(ENGINE_TIMEOUT_S):
                 async for piece in self.engine.stream(prompt, frames, options):
+                    flight.first_token = True
                     pieces.append(piece)
                     on_piece(piece)
         except EngineError as exc:
-            self.report("engine_error", str(exc), question_id)
+            self._engine_failed(exc.code, str(exc), question_id)
             return None
         except TimeoutError:
             msg = f"the model gave no answer in {ENGINE_TIMEOUT_S:g} s"
-            self.report("engine_timeout", msg, question_id)
+            self._engine_failed("engine_timeout", msg, question_id)
             return None
+        finally:
+            if self._in_flight is flight:
+                self._in_flight = None
+            if prompt.kind == "guidance" and flight.protected:
+                self._superseded_last = False  # ran to its end: the next one may be cut again
+            self._meter()
+        if self._failing is not None:
+            log.info("the engine answers again", extra={"session": self.key})
+            self._failing = None
         elapsed = time.perf_counter() - started
         self.last_latency_ms = round(elapsed * 1000, 1)
         if self.metrics:
@@ -270,7 +375,11 @@ class LiveAssistant:
             if generation == self._generation:
                 self.emit(AnswerEvent(id=qid, final=False, delta=piece))
 
-        text = await self._stream(prompt, clip, delta, qid)
+        try:
+            text = await self._stream(prompt, clip, delta, qid)
+        except asyncio.CancelledError:  # a reset, a task switch, the session's end
+            self.emit(AnswerEvent(id=qid, final=True, text=""))
+            raise
         if text is None:
             self.emit(AnswerEvent(id=qid, final=True, text=""))
         elif generation == self._generation:

@@ -57,6 +57,23 @@ class Metrics:
             registry=r,
         )
         self.errors = Counter("lavia_errors", "errors by code", ["code"], registry=r)
+        self.engine_tokens = Counter(
+            "lavia_engine_tokens",
+            "tokens the engine reported, all sessions (prompt, completion)",
+            ["kind"],
+            registry=r,
+        )
+        self.engine_cost = Counter(
+            "lavia_engine_cost_usd",
+            "engine cost at the configured prices (engine.price_per_mtok_*), all sessions",
+            registry=r,
+        )
+        self.cancelled_requests = Counter(
+            "lavia_engine_requests_cancelled",
+            "model requests cancelled in flight by reason (superseded, reset)",
+            ["reason"],
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

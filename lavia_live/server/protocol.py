@@ -198,6 +198,11 @@ class AnswerEvent(_Wire):
     text: str | None = None  # the whole answer (final: true)
 
 
+class TokenCount(_Wire):
+    prompt: int
+    completion: int
+
+
 class StateEvent(_Wire):
     type: Literal["state"] = "state"
     frames_received: int
@@ -205,6 +210,8 @@ class StateEvent(_Wire):
     buffered: int
     model_busy: bool
     last_latency_ms: float | None
+    tokens: TokenCount | None = None  # this session's so far; None: the engine reports none
+    cost_usd: float | None = None  # at engine.price_per_mtok_*; None: no price configured
 
 
 class SpeechEvent(_Wire):

@@ -33,6 +33,7 @@ async def _open_engine(settings: Settings) -> Engine:
         cpu_threads=e.cpu_threads,
         steps_only=e.steps_only,
         beams=e.beams,
+        image_detail=e.image_detail,
     )
 
 

@@ -105,6 +105,15 @@ class Scheduler:
             while slot.questions:
                 _settle(slot.questions.popleft(), False)
 
+    def cancel_running(self, key: str) -> bool:
+        """Cancel this session's request in flight (superseded, or a reset); its waiting
+        requests then run as usual. False when none is in flight."""
+        slot = self._slots.get(key)
+        if slot is None or slot.running is None or slot.running.done():
+            return False
+        slot.running.cancel()
+        return True
+
     async def drop(self, key: str) -> None:
         """Forget a session: its waiting requests, and cancel the one in flight."""
         self.drop_pending(key)

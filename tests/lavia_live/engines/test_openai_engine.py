@@ -16,7 +16,8 @@ from PIL import Image
 
 from lavia_live.contract.prompt import build_guidance_prompt
 from lavia_live.contract.tasks import TaskLibrary
-from lavia_live.engines.base import EngineError, GenerationOptions, complete
+from lavia_live.engines.base import EngineError, GenerationOptions, Usage, complete
+from lavia_live.engines.factory import open_engine
 from lavia_live.engines.openai import OpenAIEngine, OpenAIEngineOptions
 from tests.openai_server import (
     OpenAIServer,
@@ -76,6 +77,37 @@ async def test_streams_the_answer_and_sends_frames_in_order() -> None:
     urls = request.image_urls()
     assert [base64.b64decode(u.split(",", 1)[1]) for u in urls] == frames
     assert request.content_parts()[0]["text"].startswith("You are a task assistant")
+
+
+@pytest.mark.parametrize("detail", ["low", "high", "auto", None])
+async def test_image_detail_from_the_config_and_usage_from_the_stream(detail: str | None) -> None:
+    async with OpenAIServer() as server:
+        server.script(ok(ANSWER, usage=(1234, 56)))
+        e = open_engine(server.base_url, api_model="m", api_key_env="", image_detail=detail)
+        usage = Usage()
+        options = GenerationOptions(usage=usage)
+        text = await complete(e, build_guidance_prompt(TASK, 2), [jpeg(0), jpeg(1)], options)
+        await e.aclose()
+        (request,) = server.requests
+    assert text == ANSWER
+    images = [p["image_url"] for p in request.content_parts() if p["type"] == "image_url"]
+    assert len(images) == 2
+    assert all(i.get("detail") == detail for i in images)  # None: no detail sent
+    assert request.body["stream_options"] == {"include_usage": True}
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.requests) == (1234, 56, 1)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(429, "rate_limited"), (503, "engine_unavailable"), (400, "engine_error")]
+)
+async def test_failures_carry_a_code_for_clients(status: int, code: str) -> None:
+    async with OpenAIServer() as server:
+        server.default = http_error(status, retry_after=0.01)
+        e = engine(server, max_retries=0)
+        with pytest.raises(EngineError) as caught:
+            await complete(e, build_guidance_prompt(TASK, 1), [jpeg(0)], GenerationOptions())
+        await e.aclose()
+    assert caught.value.code == code
 
 
 async def test_429_with_retry_after_is_retried_after_that_wait() -> None:

@@ -54,16 +54,19 @@ async def live_server() -> AsyncIterator[LiveServer]:
 
 
 class running_server:
-    """``async with running_server(settings) as server``: a started LiveServer (embedded
-    engine), stopped and its engine closed on exit."""
+    """``async with running_server(settings) as server``: a started LiveServer (the embedded
+    engine, or the engine ``spec`` names), stopped and its engine closed on exit."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, spec: str = "embedded", **engine: Any) -> None:
         self.settings = settings
+        self.spec = spec
+        self.engine = engine  # open_engine's keywords
         self.server: LiveServer | None = None
 
     async def __aenter__(self) -> LiveServer:
-        engine = await asyncio.to_thread(open_engine, "embedded", cpu_threads=1)
-        self.server = LiveServer(self.settings, engine, frame_max_side=frame_max_side("embedded"))
+        options = self.engine or {"cpu_threads": 1}
+        engine = await asyncio.to_thread(open_engine, self.spec, **options)
+        self.server = LiveServer(self.settings, engine, frame_max_side=frame_max_side(self.spec))
         await self.server.start("127.0.0.1", 0)
         return self.server
 

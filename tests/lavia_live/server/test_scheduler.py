@@ -84,6 +84,22 @@ async def test_question_queue_is_bounded_and_drop_cancels_the_request_in_flight(
     await scheduler.aclose()
 
 
+async def test_cancel_running_stops_the_request_in_flight_and_the_waiting_clip_runs() -> None:
+    scheduler, rec = Scheduler(concurrency=1), Recorder()
+    scheduler.start()
+    assert scheduler.cancel_running("a") is False  # nothing in flight
+    stale = scheduler.submit_clip("a", rec.job("a", "a1"))
+    await asyncio.wait_for(_until(lambda: rec.started == ["a1"]), 5)
+    newer = scheduler.submit_clip("a", rec.job("a", "a2"))
+    assert scheduler.cancel_running("a") is True
+    assert await asyncio.wait_for(stale, 5) is False  # cancelled: it did not run to its end
+    await asyncio.wait_for(_until(lambda: rec.started == ["a1", "a2"]), 5)
+    rec.release.set()
+    assert await asyncio.wait_for(newer, 5) is True
+    assert rec.max_running["a"] == 1
+    await scheduler.aclose()
+
+
 async def _until(condition) -> None:  # type: ignore[no-untyped-def]
     while not condition():
         await asyncio.sleep(0.01)
