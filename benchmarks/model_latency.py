@@ -1,12 +1,16 @@
 """Per-clip latency of an in-process model, by guidance decoding: free, held to the task's
-steps (greedy), held to the steps with beam search. Prints a markdown table.
+steps (greedy), held to the steps with beam search, and held to the steps without the
+per-frame vision cache. Prints a markdown table.
 
     python benchmarks/model_latency.py [--model embedded] [--clips 30] [--beams 4]
 
-The clips are the 15-frame guidance clips of a demo video rendered here (the data build's
-oracle records), asked one after another with torch's threads on every core, each decoding
-in turn on the same clip so that the machine's noise is shared; ratios are against free
-decoding. Target for the embedded model: p50 ≤ 0.3 s per clip on 2 cores.
+The clips are what a live session asks: 15-frame windows over the sampled frames of a demo
+video rendered here (the data build's frames, one a second), each one frame later than the
+last, so a clip shares 14 frames with the one before. They are asked one after another with
+torch's threads on every core, each decoding in turn on the same clip so that the machine's
+noise is shared; ratios are against free decoding. Every engine but the last keeps each
+frame's vision features while the frame stays in the window (``engine.vision_cache``).
+Target for the embedded model: p50 ≤ 0.3 s per clip on 2 cores.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from pathlib import Path
 
 from lavia_live.config.loader import load_settings
-from lavia_live.contract.prompt import parse_llava_text
+from lavia_live.contract.prompt import build_guidance_prompt
 from lavia_live.contract.records import iter_records
 from lavia_live.contract.tasks import TaskLibrary
 from lavia_live.engines.base import GenerationOptions, complete
@@ -32,23 +36,17 @@ from training.data.build import build_dataset
 from training.demo.render import DemoSpec, render_demo_video
 
 
-async def clips(folder: Path, count: int) -> list[tuple[str, list[bytes]]]:
-    """Prompt text and JPEG frames of ``count`` 15-frame guidance clips of a demo video."""
+async def clips(folder: Path, count: int) -> list[list[bytes]]:
+    """The JPEG frames of ``count`` live 15-frame clips of a demo video, one frame apart."""
     task = TaskLibrary.load().require("demo_oil_change")
     render_demo_video(task, 700001, folder / "videos", DemoSpec(narration=False, mistake_rate=1))
     settings = load_settings(
         PipelineSettings, files=[shipped_path("configs/train_demo.yaml")], env={}
     ).settings
     await build_dataset([folder / "videos"], folder / "ds", settings, progress=False)
-    records = [
-        r
-        for r in iter_records(folder / "ds" / "records.jsonl")
-        if r.annotation is not None and len(r.image) == 15
-    ]
-    return [
-        (r.prompt_text, [(folder / "ds" / p).read_bytes() for p in r.image])
-        for r in records[:count]
-    ]
+    sampled = sorted({p for r in iter_records(folder / "ds" / "records.jsonl") for p in r.image})
+    frames = [(folder / "ds" / p).read_bytes() for p in sampled]
+    return [frames[i : i + 15] for i in range(min(count, len(frames) - 14))]
 
 
 async def measure(model: str, beams: int, count: int) -> dict[str, list[float]]:
@@ -56,13 +54,14 @@ async def measure(model: str, beams: int, count: int) -> dict[str, list[float]]:
         "free": LocalEngine(model_folder(model), steps_only=False),
         "steps, greedy": LocalEngine(model_folder(model), steps_only=True),
         f"steps, {beams} beams": LocalEngine(model_folder(model), steps_only=True, beams=beams),
+        "steps, greedy, no vision cache": LocalEngine(model_folder(model), vision_cache=0),
     }
     times: dict[str, list[float]] = {name: [] for name in engines}
     options = GenerationOptions(max_tokens=96)
     with tempfile.TemporaryDirectory() as tmp:
         asked = await clips(Path(tmp), count)
-    for i, (text, frames) in enumerate(asked):
-        prompt = parse_llava_text(text)
+    prompt = build_guidance_prompt(TaskLibrary.load().require("demo_oil_change"), 15)
+    for i, frames in enumerate(asked):
         for name, engine in engines.items():
             started = time.perf_counter()
             await complete(engine, prompt, frames, options)

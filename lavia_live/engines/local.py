@@ -11,6 +11,7 @@ model is free for the next request when the stream has ended.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -29,6 +30,7 @@ from transformers import (
 from lavia_live.contract.prompt import Prompt
 from lavia_live.engines.base import EngineError, GenerationOptions
 from lavia_live.engines.step_choice import StepLines, StepLinesProcessor
+from lavia_live.engines.vision_cache import VisionCache, frame_key, supports_vision_cache
 from lavia_live.errors import LaviaError
 from lavia_live.models.families import LoadedModel, encode, end_of_turn_id, load_model
 
@@ -93,6 +95,7 @@ class LocalEngine:
         cpu_threads: int = 0,
         steps_only: bool = True,
         beams: int = 1,
+        vision_cache: int = 120,
     ) -> None:
         if beams < 1:
             raise EngineError(f"beams must be at least 1, got {beams}")
@@ -112,6 +115,13 @@ class LocalEngine:
         self.beams = beams
         self._step_lines: dict[tuple[str, ...], StepLines] = {}
         self._lock = asyncio.Lock()
+        # Each frame's vision features, reused while it stays in a session's window (up to
+        # ``vision_cache`` frames; 0: off). Families without it encode every frame each time.
+        self.vision_cache = (
+            VisionCache(self.loaded.model, vision_cache)
+            if vision_cache > 0 and supports_vision_cache(self.loaded.model)
+            else None
+        )
 
     async def aclose(self) -> None:
         return None
@@ -144,6 +154,7 @@ class LocalEngine:
         )
         return dict(
             encoded.inputs,
+            frame_keys=[frame_key(f) for f in frames_jpeg] if self.vision_cache is not None else [],
             max_new_tokens=options.max_tokens,
             eos_token_id=end_of_turn_id(loaded.processor, loaded.family),
             pad_token_id=tokenizer.pad_token_id,
@@ -151,9 +162,15 @@ class LocalEngine:
             **sampling,
         )
 
-    def _generate(self, **kwargs: Any) -> torch.Tensor:
-        """The model's ``generate`` (blocking); raises one of ``_GENERATION_ERRORS``."""
-        with torch.inference_mode():
+    def _generate(self, frame_keys: Sequence[bytes] = (), **kwargs: Any) -> torch.Tensor:
+        """The model's ``generate`` (blocking); raises one of ``_GENERATION_ERRORS``.
+        ``frame_keys`` name the clip's frames for the vision cache."""
+        frames = (
+            self.vision_cache.frames(frame_keys)
+            if self.vision_cache is not None and frame_keys
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), frames:
             return self.loaded.model.generate(**kwargs)  # type: ignore[no-any-return]
 
     def _failed(self, exc: Exception) -> EngineError:
