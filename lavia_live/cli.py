@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
@@ -89,6 +90,10 @@ _SERVE_FLAGS = {
     "host": "serve.host",
     "port": "serve.port",
     "engine": "engine.name",
+    "engine_url": "engine.name",
+    "model": "engine.launch.model",
+    "sglang_python": "engine.launch.python",
+    "tp": "engine.launch.tp",
     "api_model": "engine.api_model",
     "api_key_env": "engine.api_key_env",
     "device": "engine.device",
@@ -101,6 +106,9 @@ _SERVE_FLAGS = {
 
 def _serve_settings(args: argparse.Namespace) -> Settings:
     apply_setting_flags(args, _SERVE_FLAGS)
+    if getattr(args, "sglang_args", None):
+        launch_args = [part for text in args.sglang_args for part in shlex.split(text)]
+        args.overrides.append(f"engine.launch.args={json.dumps(launch_args)}")
     if getattr(args, "self_signed", False):
         args.overrides.append("serve.self_signed=true")
     return load_config(args, Settings).settings
@@ -138,12 +146,35 @@ def _cmd_model_server(args: argparse.Namespace) -> int:
     return asyncio.run(model_server(load_config(args, Settings).settings))
 
 
+def _url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"expected http(s)://HOST:PORT/v1, got {text!r}")
+    return text
+
+
 def _engine_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("engine")
-    group.add_argument(
+    which = group.add_mutually_exclusive_group()
+    which.add_argument(
         "--engine", metavar="ENGINE",
-        help="embedded (default), a model folder, openai:MODEL, or an OpenAI-compatible URL "
-        "such as http://127.0.0.1:30000/v1 (SGLang)",
+        help="embedded (default), a model folder, openai:MODEL, an OpenAI-compatible URL, or "
+        "sglang: an SGLang server lavia starts, watches and stops (--model, --sglang-python)",
+    )  # fmt: skip
+    which.add_argument(
+        "--engine-url", metavar="URL", type=_url,
+        help="attach to an OpenAI-compatible server already running, e.g. SGLang at "
+        "http://HOST:30000/v1 (the model it serves is asked for when --api-model is not given)",
+    )  # fmt: skip
+    group.add_argument("--model", metavar="PATH", help="--engine sglang: the checkpoint served")
+    group.add_argument(
+        "--sglang-python", metavar="PYTHON",
+        help="--engine sglang: the interpreter of SGLang's environment (default python3)",
+    )  # fmt: skip
+    group.add_argument("--tp", type=int, metavar="N", help="--engine sglang: tensor-parallel GPUs")
+    group.add_argument(
+        "--sglang-arg", action="append", dest="sglang_args", metavar="ARGS",
+        help="--engine sglang: more launch_server arguments, quoted, e.g. --sglang-arg "
+        "'--dp-size 2' (repeatable)",
     )  # fmt: skip
     group.add_argument("--api-model", help="model name at an endpoint URL")
     group.add_argument("--api-key-env", help="variable holding the API key ('' for none)")

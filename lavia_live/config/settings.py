@@ -46,16 +46,60 @@ class TaskSettings(_Section):
     default_task: str = "demo_oil_change"
 
 
+SGLANG_COMMAND = (
+    "{python}", "-m", "sglang.launch_server", "--model-path", "{model}",
+    "--host", "{host}", "--port", "{port}", "--tp-size", "{tp}",
+)  # fmt: skip
+LAUNCH_PLACEHOLDERS = {"python": "", "model": "", "host": "", "port": "", "tp": ""}
+
+
+class LaunchSettings(_Section):
+    """``engine.name: sglang``: the model server ``lavia`` starts, watches and stops
+    (:mod:`lavia_live.engines.managed_server`)."""
+
+    model: str | None = Field(None, description="the checkpoint it serves (folder or hub id)")
+    python: str = Field(
+        "python3", min_length=1, description="the interpreter of the environment with SGLang"
+    )
+    tp: int = Field(1, ge=1, le=1024, description="tensor-parallel size (GPUs per model)")
+    args: list[str] = Field(default_factory=list, description="more arguments, appended")
+    command: list[str] = Field(
+        default_factory=lambda: list(SGLANG_COMMAND),
+        min_length=1,
+        description="the command line; {python} {model} {host} {port} {tp} are filled in",
+    )
+    startup_timeout_s: float = Field(900.0, gt=0, description="start to healthy, at most")
+    stop_timeout_s: float = Field(20.0, gt=0, description="SIGTERM to SIGKILL")
+    restart_delay_s: float = Field(1.0, gt=0, description="first restart's delay; then doubled")
+    restart_delay_max_s: float = Field(60.0, gt=0)
+    max_restarts: int = Field(5, ge=0, le=1000, description="in a row; then it stays down")
+
+    @model_validator(mode="after")
+    def _known_placeholders(self) -> LaunchSettings:
+        for part in self.command:
+            try:
+                part.format(**LAUNCH_PLACEHOLDERS)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(
+                    f"command part {part!r}: unknown placeholder {exc} (known: "
+                    f"{', '.join('{' + k + '}' for k in LAUNCH_PLACEHOLDERS)}; "
+                    "double a brace to keep it: {{ }})"
+                ) from None
+        return self
+
+
 class EngineSettings(_Section):
     """The model behind the guidance (:mod:`lavia_live.engines.factory`)."""
 
     name: str = Field(
         "embedded",
         min_length=1,
-        description="embedded, a model folder, openai:MODEL, or an OpenAI-compatible URL",
+        description="embedded, a model folder, openai:MODEL, an OpenAI-compatible URL, or "
+        "sglang (a server lavia starts: engine.launch)",
     )
     api_model: str | None = Field(None, description="model name at an endpoint URL")
     api_key_env: str = Field("OPENAI_API_KEY", description="'' for a server without a key")
+    launch: LaunchSettings = LaunchSettings()
     device: str = "cpu"
     cpu_threads: int = Field(
         1, ge=0, le=256, description="torch CPU threads of an in-process model; 0: one per core"

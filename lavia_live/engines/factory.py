@@ -5,6 +5,8 @@
 - ``openai:MODEL``             OpenAI's API (``OPENAI_API_KEY``), e.g. ``openai:gpt-4o``
 - ``http(s)://HOST:PORT/v1``   any OpenAI-compatible server (SGLang, vLLM); ``api_model``
   names the model there
+- ``sglang``                   a model server that ``lavia serve``/``watch`` start, watch and
+  stop (``engine.launch``; :mod:`lavia_live.engines.managed_server`): not opened here
 
 ``lavia serve``, ``lavia watch`` and ``lavia eval`` all open their engine here.
 """
@@ -17,6 +19,7 @@ from lavia_live.engines.base import Engine, EngineError
 from lavia_live.engines.openai import OpenAIEngine, OpenAIEngineOptions
 from lavia_live.models import EMBEDDED, EMBEDDED_FRAME_MAX_SIDE, model_folder
 
+MANAGED_ENGINE = "sglang"
 DEFAULT_FRAME_MAX_SIDE = 448
 """Longer side of the frames sent to an engine unless it was trained on other sizes."""
 
@@ -39,6 +42,11 @@ def open_engine(
     ``image_detail`` is an OpenAI-compatible server's image part detail (None: not sent)."""
     if not spec:
         raise EngineError("no engine given: use 'embedded', a model folder, openai:MODEL or a URL")
+    if spec == MANAGED_ENGINE:
+        raise EngineError(
+            "engine 'sglang' is a server lavia serve and lavia watch start (engine.launch); "
+            "here give its URL instead: http://HOST:PORT/v1"
+        )
     if spec.startswith(("http://", "https://")):
         options = OpenAIEngineOptions(
             model=api_model or "default",

@@ -27,6 +27,7 @@ from lavia_live import __version__
 from lavia_live.config.settings import Settings
 from lavia_live.contract.tasks import TaskContext, TaskLibrary
 from lavia_live.engines.base import Engine
+from lavia_live.engines.managed_server import ManagedEngine
 from lavia_live.errors import TaskDefinitionError
 from lavia_live.resources import shipped_path
 from lavia_live.server.assistant import LiveAssistant, LoopOptions
@@ -87,6 +88,8 @@ class LiveServer:
         self.options = LoopOptions.of(settings, frame_max_side)
         self.metrics = Metrics()
         self.sessions: dict[str, Session] = {}
+        if isinstance(engine, ManagedEngine):  # its restarts reach every session as errors
+            engine.server.on_status = self.report_to_sessions
         concurrency = settings.engine.concurrency or engine.max_concurrency
         self.scheduler = Scheduler(concurrency)
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="lavia-frames")
@@ -159,6 +162,11 @@ class LiveServer:
             self.synthesizer.close()
 
     # -- sessions -------------------------------------------------------------------
+
+    def report_to_sessions(self, code: str, message: str) -> None:
+        """An ``error`` event to every session (e.g. the model server restarting)."""
+        for session in list(self.sessions.values()):
+            session.assistant.report(code, message)
 
     def _assistant(self, session: Session, task: TaskContext) -> LiveAssistant:
         return LiveAssistant(

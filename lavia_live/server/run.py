@@ -11,23 +11,35 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
+import aiohttp
+
 from lavia_live.config.settings import Settings
 from lavia_live.contract.tasks import TaskLibrary
 from lavia_live.engines.base import Engine, EngineError
-from lavia_live.engines.factory import frame_max_side, open_engine
+from lavia_live.engines.factory import MANAGED_ENGINE, frame_max_side, open_engine
+from lavia_live.engines.managed_server import open_managed_engine, served_models
 from lavia_live.server.app import LiveServer
 from lavia_live.server.tls import self_signed, server_context
 from lavia_live.watch import check_source, print_event, stream_to_server, watch_source
 
 log = logging.getLogger(__name__)
 
+MODEL_LOOKUP_TIMEOUT_S = 3.0
+
 
 async def _open_engine(settings: Settings) -> Engine:
+    """The configured engine; a managed model server (``sglang``) is started and healthy.
+    A URL without ``api_model`` gets the model its server lists, when it lists one."""
     e = settings.engine
+    if e.name == MANAGED_ENGINE:
+        return await open_managed_engine(e.launch, e.api_model, image_detail=e.image_detail)
+    api_model = e.api_model
+    if api_model is None and e.name.startswith(("http://", "https://")):
+        api_model = await _only_model(e.name)
     return await asyncio.to_thread(
         open_engine,
         e.name,
-        api_model=e.api_model,
+        api_model=api_model,
         api_key_env=e.api_key_env,
         device=e.device,
         cpu_threads=e.cpu_threads,
@@ -35,6 +47,19 @@ async def _open_engine(settings: Settings) -> Engine:
         beams=e.beams,
         image_detail=e.image_detail,
     )
+
+
+async def _only_model(url: str) -> str | None:
+    """The model a server at ``url`` serves, when ``GET /v1/models`` lists exactly one."""
+    try:
+        ids = await served_models(url, timeout_s=MODEL_LOOKUP_TIMEOUT_S)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        log.warning("%s/models could not be read (%s): give the model with --api-model", url, exc)
+        return None
+    if len(ids) != 1:
+        log.warning("%s serves %d models (%s): pick one with --api-model", url, len(ids), ids)
+        return None
+    return ids[0]
 
 
 @contextmanager
@@ -108,7 +133,7 @@ async def serve(settings: Settings) -> int:
 async def model_server(settings: Settings) -> int:
     """Serve the engine's in-process model over the OpenAI protocol until a signal."""
     name = settings.engine.name
-    if name.startswith(("http://", "https://", "openai:")):
+    if name == MANAGED_ENGINE or name.startswith(("http://", "https://", "openai:")):
         raise EngineError(
             f"lavia model-server serves an in-process model: --model is 'embedded' or a "
             f"model folder, not {name!r}"
