@@ -156,6 +156,8 @@ def _eval_engine(
         cpu_threads=cpu_threads,
         steps_only=settings.engine.steps_only,
         beams=settings.engine.beams,
+        image_detail=settings.engine.image_detail,
+        vision_cache=settings.engine.vision_cache,
     )
 
 

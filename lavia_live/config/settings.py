@@ -116,6 +116,13 @@ class EngineSettings(_Section):
     beams: int = Field(
         1, ge=1, le=16, description="beam width of that guidance decoding; 1: greedy"
     )
+    vision_cache: int = Field(
+        120,
+        ge=0,
+        le=100_000,
+        description="frames whose vision features an in-process Qwen2.5-VL model keeps while "
+        "they stay in a live window; 0: every frame encoded each time",
+    )
     frame_max_side: int | None = Field(
         None, ge=32, le=4096, description="frame size sent to the model; null: the engine's"
     )

@@ -34,11 +34,13 @@ def open_engine(
     steps_only: bool = True,
     beams: int = 1,
     image_detail: str | None = "low",
+    vision_cache: int = 120,
 ) -> Engine:
     """The engine ``spec`` names (see the module docstring); :class:`EngineError` if it
     cannot be opened (no such folder, no API key, a model that does not load).
     ``cpu_threads`` > 0 sets torch's CPU threads (process-wide) for an in-process model;
-    ``steps_only`` and ``beams`` are its guidance decoding (:class:`LocalEngine`);
+    ``steps_only`` and ``beams`` are its guidance decoding and ``vision_cache`` the frames
+    whose vision features it keeps (:class:`LocalEngine`);
     ``image_detail`` is an OpenAI-compatible server's image part detail (None: not sent)."""
     if not spec:
         raise EngineError("no engine given: use 'embedded', a model folder, openai:MODEL or a URL")
@@ -69,7 +71,12 @@ def open_engine(
             "openai:MODEL or an http(s) URL)"
         )
     return LocalEngine(
-        folder, device=device, cpu_threads=cpu_threads, steps_only=steps_only, beams=beams
+        folder,
+        device=device,
+        cpu_threads=cpu_threads,
+        steps_only=steps_only,
+        beams=beams,
+        vision_cache=vision_cache,
     )
 
 

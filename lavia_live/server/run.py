@@ -46,6 +46,7 @@ async def _open_engine(settings: Settings) -> Engine:
         steps_only=e.steps_only,
         beams=e.beams,
         image_detail=e.image_detail,
+        vision_cache=e.vision_cache,
     )
 
 
