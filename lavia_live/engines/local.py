@@ -88,7 +88,7 @@ class LocalEngine:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | LoadedModel,
         *,
         device: str = "cpu",
         dtype: str = "auto",
@@ -104,11 +104,14 @@ class LocalEngine:
             # its threads wait on each other whenever another thread takes a core (10x slower
             # per answer measured on 2 busy cores).
             torch.set_num_threads(cpu_threads)
-        try:
-            self.loaded: LoadedModel = load_model(path, device=device, dtype=dtype)
-        except LaviaError as exc:
-            raise EngineError(str(exc)) from exc
-        self.name = f"local:{Path(path).name}"
+        if isinstance(path, LoadedModel):  # a model built in memory (scripts/gpu_check)
+            self.loaded: LoadedModel = path
+        else:
+            try:
+                self.loaded = load_model(path, device=device, dtype=dtype)
+            except LaviaError as exc:
+                raise EngineError(str(exc)) from exc
+        self.name = f"local:{Path(self.loaded.path).name}"
         self.max_concurrency = 1
         self.device = device
         self.steps_only = steps_only

@@ -53,3 +53,6 @@ def test_gpu_check_code_path_runs_on_a_tiny_model_on_the_cpu() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "| tokens/s" in done.stdout and "| tokens per sample" in done.stdout
+    serving = done.stdout.split("### Training")[0]
+    assert "| time to first token, new clip" in serving and "| decoding" in serving
+    assert "| clips/s, 8 sessions at once" in serving
