@@ -29,7 +29,6 @@ from lavia_live.speech.synthesis import resample
 from lavia_live.speech.tts import SpeechAudio, synthesize
 from tests.lavia_live.server.conftest import NothingLeft, running_server, wait_for
 from tests.lavia_live.server.test_live import Client
-from tests.lavia_live.server.test_speech_live import ROBUST
 
 QUESTION = "How do I remove the drain plug from the engine oil pan?"
 KEYWORDS = {"remove", "drain", "plug", "engine", "oil", "pan"}
@@ -194,12 +193,14 @@ async def test_a_spoken_question_is_transcribed_answered_and_spoken(
                 "the answer spoken",
             )
             said = client.speech(id=uid)
-            expected = ROBUST & set(words(answer[-1]["text"]))
-            assert expected, f"nothing robust to listen for in {answer[-1]['text']!r}"
+            # Words of four letters or more: eSpeak's robotic voice loses some short ones.
+            expected = {w for w in words(answer[-1]["text"]) if len(w) >= 4}
+            assert expected, f"nothing to listen for in {answer[-1]['text']!r}"
             audio = client.recording(said[0][0], said[-1][0] + 0.5)
             options = TranscriptionOptions(beam_size=1)
             heard_answer = await asyncio.to_thread(transcribe_pcm, audio, options)
-            assert len(set(words(heard_answer.text)) & expected) >= min(2, len(expected)), (
+            heard_words = set(words(heard_answer.text))
+            assert len(heard_words & expected) >= len(expected) / 2, (
                 heard_answer.text,
                 answer[-1]["text"],
             )
