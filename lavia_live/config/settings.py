@@ -123,6 +123,19 @@ class EngineSettings(_Section):
         description="frames whose vision features an in-process Qwen2.5-VL model keeps while "
         "they stay in a live window; 0: every frame encoded each time",
     )
+    max_batch: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="guidance requests of an in-process model run together in one batch "
+        "(sessions asking at once); 1: one at a time",
+    )
+    batch_window_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="how long a batch waits for more requests once the model is free",
+    )
     frame_max_side: int | None = Field(
         None, ge=32, le=4096, description="frame size sent to the model; null: the engine's"
     )

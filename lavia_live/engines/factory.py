@@ -35,12 +35,15 @@ def open_engine(
     beams: int = 1,
     image_detail: str | None = "low",
     vision_cache: int = 120,
+    max_batch: int = 1,
+    batch_window_s: float = 0.0,
 ) -> Engine:
     """The engine ``spec`` names (see the module docstring); :class:`EngineError` if it
     cannot be opened (no such folder, no API key, a model that does not load).
     ``cpu_threads`` > 0 sets torch's CPU threads (process-wide) for an in-process model;
-    ``steps_only`` and ``beams`` are its guidance decoding and ``vision_cache`` the frames
-    whose vision features it keeps (:class:`LocalEngine`);
+    ``steps_only`` and ``beams`` are its guidance decoding, ``vision_cache`` the frames
+    whose vision features it keeps, ``max_batch`` and ``batch_window_s`` its batching of
+    guidance requests (:class:`LocalEngine`);
     ``image_detail`` is an OpenAI-compatible server's image part detail (None: not sent)."""
     if not spec:
         raise EngineError("no engine given: use 'embedded', a model folder, openai:MODEL or a URL")
@@ -77,6 +80,8 @@ def open_engine(
         steps_only=steps_only,
         beams=beams,
         vision_cache=vision_cache,
+        max_batch=max_batch,
+        batch_window_s=batch_window_s,
     )
 
 

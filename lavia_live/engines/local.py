@@ -2,10 +2,12 @@
 model, or any local checkpoint of a supported family (Qwen2.5-VL, LLaVA-style).
 
 Inputs are encoded by :func:`lavia_live.models.families.encode`, the function training
-uses, so the model sees what it was trained on. Generation runs in a worker thread, one
-request at a time; text streams back as it is produced. Closing the stream, or cancelling
-its consumer, stops the generation at its next token and waits for the thread, so the
-model is free for the next request when the stream has ended.
+uses, so the model sees what it was trained on. Generation runs in a worker thread; text
+streams back as it is produced. Closing the stream, or cancelling its consumer, stops the
+generation at its next token and waits for the thread, so the model is free for the next
+request when the stream has ended. With ``max_batch`` > 1, guidance held to the task's
+steps from several sessions runs in batches (:mod:`lavia_live.engines.batching`); streamed
+answers run one at a time between batches.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import io
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,10 +32,17 @@ from transformers import (
 
 from lavia_live.contract.prompt import Prompt
 from lavia_live.engines.base import EngineError, GenerationOptions
+from lavia_live.engines.batching import Batcher
 from lavia_live.engines.step_choice import StepLines, StepLinesProcessor
 from lavia_live.engines.vision_cache import VisionCache, frame_key, supports_vision_cache
 from lavia_live.errors import LaviaError
-from lavia_live.models.families import LoadedModel, encode, end_of_turn_id, load_model
+from lavia_live.models.families import (
+    LoadedModel,
+    encode,
+    end_of_turn_id,
+    generation_batch,
+    load_model,
+)
 
 _DONE = object()
 _GENERATION_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)  # torch's OOM included
@@ -81,6 +91,16 @@ def decode_frames(frames_jpeg: Sequence[bytes]) -> list[Image.Image]:
     return images
 
 
+@dataclass(frozen=True)
+class _Guidance:
+    """One guidance request waiting for a batch."""
+
+    prompt: Prompt
+    frames: Sequence[bytes]
+    options: GenerationOptions
+    lines: StepLines
+
+
 class LocalEngine:
     """``steps_only``: guidance names only the steps the prompt lists, chosen by beam search
     over ``beams`` lines (:mod:`lavia_live.engines.step_choice`); such an answer arrives in
@@ -96,9 +116,13 @@ class LocalEngine:
         steps_only: bool = True,
         beams: int = 1,
         vision_cache: int = 120,
+        max_batch: int = 1,
+        batch_window_s: float = 0.0,
     ) -> None:
         if beams < 1:
             raise EngineError(f"beams must be at least 1, got {beams}")
+        if max_batch < 1:
+            raise EngineError(f"max_batch must be at least 1, got {max_batch}")
         if cpu_threads > 0:
             # Process-wide. Beside live video work, one thread beats torch's one per core:
             # its threads wait on each other whenever another thread takes a core (10x slower
@@ -112,7 +136,9 @@ class LocalEngine:
             except LaviaError as exc:
                 raise EngineError(str(exc)) from exc
         self.name = f"local:{Path(self.loaded.path).name}"
-        self.max_concurrency = 1
+        # Requests worth having in flight at once: a batch's worth when guidance is batched.
+        batched = max_batch > 1 and steps_only and beams == 1
+        self.max_concurrency = max_batch if batched else 1
         self.device = device
         self.steps_only = steps_only
         self.beams = beams
@@ -125,9 +151,15 @@ class LocalEngine:
             if vision_cache > 0 and supports_vision_cache(self.loaded.model)
             else None
         )
+        self.batcher: Batcher[_Guidance] | None = (
+            Batcher(self._choose_batch, self._lock, max_batch=max_batch, window_s=batch_window_s)
+            if batched
+            else None
+        )
 
     async def aclose(self) -> None:
-        return None
+        if self.batcher is not None:
+            await self.batcher.aclose()
 
     def _constrained(self, prompt: Prompt) -> StepLines | None:
         """The step lines a guidance answer is held to; None: unconstrained."""
@@ -178,6 +210,48 @@ class LocalEngine:
 
     def _failed(self, exc: Exception) -> EngineError:
         return EngineError(f"{self.name}: generation failed: {exc}")
+
+    def _choose_batch(self, requests: Sequence[_Guidance], stop: threading.Event) -> list[str]:
+        """Guidance answers held to their tasks' steps for several requests in one greedy
+        batch (blocking): prompts padded on the left, each row its own task's lines."""
+        loaded = self.loaded
+        tokenizer = loaded.processor.tokenizer
+        try:
+            encoded = [
+                encode(loaded, loaded.family, r.prompt, decode_frames(r.frames)) for r in requests
+            ]
+        except LaviaError as exc:
+            raise EngineError(f"{self.name}: {exc}") from exc
+        inputs = generation_batch(encoded, tokenizer.pad_token_id)
+        prompt_length = int(inputs["input_ids"].shape[1])
+        keys = (
+            [frame_key(f) for r in requests for f in r.frames]
+            if self.vision_cache is not None
+            else []
+        )
+        processor = StepLinesProcessor([r.lines for r in requests], prompt_length)
+        try:
+            out = self._generate(
+                frame_keys=keys,
+                **{k: v.to(self.device) for k, v in inputs.items()},
+                max_new_tokens=max(r.options.max_tokens for r in requests),
+                eos_token_id=end_of_turn_id(loaded.processor, loaded.family),
+                pad_token_id=tokenizer.pad_token_id,
+                stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
+                logits_processor=LogitsProcessorList([processor]),
+                do_sample=False,
+            )
+        except _GENERATION_ERRORS as exc:
+            raise self._failed(exc) from exc
+        answers = []
+        for row, request in enumerate(requests):
+            tokens = out[row, prompt_length : prompt_length + request.options.max_tokens]
+            if request.options.usage is not None:
+                answer_tokens = int((tokens != tokenizer.pad_token_id).sum())
+                prompt_tokens = int(encoded[row].input_ids.shape[1])
+                request.options.usage.add(prompt_tokens, answer_tokens)
+            answers.append(str(tokenizer.decode(tokens, skip_special_tokens=True)))
+        return answers
 
     def _choose(
         self,
@@ -237,8 +311,13 @@ class LocalEngine:
         self, prompt: Prompt, frames_jpeg: Sequence[bytes], options: GenerationOptions
     ) -> AsyncIterator[str]:
         stop = threading.Event()
+        lines = self._constrained(prompt)
+        if lines is not None and self.batcher is not None:
+            text = await self.batcher.submit(_Guidance(prompt, frames_jpeg, options, lines))
+            if text:
+                yield text
+            return
         async with self._lock:
-            lines = self._constrained(prompt)
             if lines is not None:
                 try:
                     text = await _stoppable(

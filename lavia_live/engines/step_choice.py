@@ -58,15 +58,18 @@ class StepLines:
 
 class StepLinesProcessor:
     """Masks every token that would leave :class:`StepLines` while the step lines are
-    being written; the rows are prompt + generated tokens (beams included)."""
+    being written; the rows are prompt + generated tokens (beams included). ``lines`` is
+    one task's for every row, or one per row (a batch of requests, prompts padded on the
+    left to ``prompt_length``)."""
 
-    def __init__(self, lines: StepLines, prompt_length: int) -> None:
+    def __init__(self, lines: StepLines | Sequence[StepLines], prompt_length: int) -> None:
         self.lines = lines
         self.prompt_length = prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(input_ids.shape[0]):
-            allowed = self.lines.allowed(input_ids[row, self.prompt_length :].tolist())
+            lines = self.lines if isinstance(self.lines, StepLines) else self.lines[row]
+            allowed = lines.allowed(input_ids[row, self.prompt_length :].tolist())
             if allowed is None:
                 continue
             keep = torch.tensor(sorted(allowed), device=scores.device)

@@ -315,9 +315,30 @@ def collate(
     return batch, labels
 
 
-def _pad(value: torch.Tensor, length: int, fill: int) -> torch.Tensor:
+def generation_batch(items: Sequence[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Prompt encodings (no answer) as one generation batch: sequences padded on the left,
+    so every row's answer starts at the same position (``pad_token_id``; mask and type ids
+    0); image tensors concatenated in row order, as :func:`collate` does."""
+    if not items:
+        raise EncodingError("cannot batch no prompts")
+    keys = items[0].inputs.keys()
+    if any(item.inputs.keys() != keys for item in items):
+        raise EncodingError("cannot batch encodings with different inputs (frames in some only?)")
+    length = max(item.input_ids.shape[1] for item in items)
+    batch: dict[str, torch.Tensor] = {}
+    for key in keys:
+        values = [item.inputs[key] for item in items]
+        if key in _SEQUENCE_KEYS:
+            fill = pad_token_id if key == "input_ids" else 0
+            batch[key] = torch.cat([_pad(value, length, fill, left=True) for value in values])
+        else:
+            batch[key] = torch.cat(values)
+    return batch
+
+
+def _pad(value: torch.Tensor, length: int, fill: int, *, left: bool = False) -> torch.Tensor:
     pad = value.new_full((value.shape[0], length - value.shape[1]), fill)
-    return torch.cat([value, pad], dim=1)
+    return torch.cat([pad, value] if left else [value, pad], dim=1)
 
 
 def _vision_prefix(family: Family) -> tuple[str, str]:

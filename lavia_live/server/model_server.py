@@ -8,7 +8,8 @@ SGLang's). Every error is an OpenAI-shaped JSON body. A request's messages becom
 contract's prompt again, so the engine decodes guidance held to the task's steps exactly as
 it does in-process.
 
-``engine.max_concurrency`` requests run at once (one for an in-process model); up to
+``engine.max_concurrency`` requests run at once (for an in-process model, ``engine.max_batch``
+guidance requests batched together, else one); up to
 ``model_server.queue_size`` more wait their turn, and beyond that a request gets 429 with
 ``Retry-After`` (the mean time of recent requests times the queue ahead). A client that
 goes away cancels its request: the engine's stream is closed, which ends the generation.

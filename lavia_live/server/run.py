@@ -47,6 +47,8 @@ async def _open_engine(settings: Settings) -> Engine:
         beams=e.beams,
         image_detail=e.image_detail,
         vision_cache=e.vision_cache,
+        max_batch=e.max_batch,
+        batch_window_s=e.batch_window_ms / 1000,
     )
 
 
