@@ -1,6 +1,6 @@
 """Per-clip latency of an in-process model, by guidance decoding: free, held to the task's
 steps (greedy), held to the steps with beam search, and held to the steps without the
-per-frame vision cache. Prints a markdown table.
+per-frame vision cache, without prefix reuse, and without either. Prints a markdown table.
 
     python benchmarks/model_latency.py [--model embedded] [--clips 30] [--beams 4]
 
@@ -8,8 +8,10 @@ The clips are what a live session asks: 15-frame windows over the sampled frames
 video rendered here (the data build's frames, one a second), each one frame later than the
 last, so a clip shares 14 frames with the one before. They are asked one after another with
 torch's threads on every core, each decoding in turn on the same clip so that the machine's
-noise is shared; ratios are against free decoding. Every engine but the last keeps each
-frame's vision features while the frame stays in the window (``engine.vision_cache``).
+noise is shared; ratios are against free decoding. Unless a row says otherwise, an engine
+keeps each frame's vision features while the frame stays in the window
+(``engine.vision_cache``) and the task's fixed prompt text encoded (``engine.prefix_cache``;
+beams encode the whole prompt).
 Target for the embedded model: p50 ≤ 0.3 s per clip on 2 cores.
 """
 
@@ -55,6 +57,8 @@ async def measure(model: str, beams: int, count: int) -> dict[str, list[float]]:
         "steps, greedy": LocalEngine(model_folder(model), steps_only=True),
         f"steps, {beams} beams": LocalEngine(model_folder(model), steps_only=True, beams=beams),
         "steps, greedy, no vision cache": LocalEngine(model_folder(model), vision_cache=0),
+        "steps, greedy, no prefix reuse": LocalEngine(model_folder(model), prefix_cache=0),
+        "steps, greedy, neither": LocalEngine(model_folder(model), vision_cache=0, prefix_cache=0),
     }
     times: dict[str, list[float]] = {name: [] for name in engines}
     options = GenerationOptions(max_tokens=96)

@@ -158,6 +158,7 @@ def _eval_engine(
         beams=settings.engine.beams,
         image_detail=settings.engine.image_detail,
         vision_cache=settings.engine.vision_cache,
+        prefix_cache=settings.engine.prefix_cache,
     )
 
 

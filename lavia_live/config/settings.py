@@ -123,6 +123,13 @@ class EngineSettings(_Section):
         description="frames whose vision features an in-process Qwen2.5-VL model keeps while "
         "they stay in a live window; 0: every frame encoded each time",
     )
+    prefix_cache: int = Field(
+        8,
+        ge=0,
+        le=10_000,
+        description="tasks whose fixed prompt text an in-process Qwen2.5-VL model keeps "
+        "encoded (its KV); 0: every prompt encoded whole",
+    )
     max_batch: int = Field(
         8,
         ge=1,

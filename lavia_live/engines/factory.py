@@ -37,13 +37,15 @@ def open_engine(
     vision_cache: int = 120,
     max_batch: int = 1,
     batch_window_s: float = 0.0,
+    prefix_cache: int = 8,
 ) -> Engine:
     """The engine ``spec`` names (see the module docstring); :class:`EngineError` if it
     cannot be opened (no such folder, no API key, a model that does not load).
     ``cpu_threads`` > 0 sets torch's CPU threads (process-wide) for an in-process model;
     ``steps_only`` and ``beams`` are its guidance decoding, ``vision_cache`` the frames
-    whose vision features it keeps, ``max_batch`` and ``batch_window_s`` its batching of
-    guidance requests (:class:`LocalEngine`);
+    whose vision features it keeps, ``prefix_cache`` the tasks whose fixed prompt text it
+    keeps encoded, ``max_batch`` and ``batch_window_s`` its batching of guidance requests
+    (:class:`LocalEngine`);
     ``image_detail`` is an OpenAI-compatible server's image part detail (None: not sent)."""
     if not spec:
         raise EngineError("no engine given: use 'embedded', a model folder, openai:MODEL or a URL")
@@ -82,6 +84,7 @@ def open_engine(
         vision_cache=vision_cache,
         max_batch=max_batch,
         batch_window_s=batch_window_s,
+        prefix_cache=prefix_cache,
     )
 
 

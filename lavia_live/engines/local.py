@@ -33,6 +33,7 @@ from transformers import (
 from lavia_live.contract.prompt import Prompt
 from lavia_live.engines.base import EngineError, GenerationOptions
 from lavia_live.engines.batching import Batcher
+from lavia_live.engines.prefix_cache import PrefixCache
 from lavia_live.engines.step_choice import StepLines, StepLinesProcessor
 from lavia_live.engines.vision_cache import VisionCache, frame_key, supports_vision_cache
 from lavia_live.errors import LaviaError
@@ -118,6 +119,7 @@ class LocalEngine:
         vision_cache: int = 120,
         max_batch: int = 1,
         batch_window_s: float = 0.0,
+        prefix_cache: int = 8,
     ) -> None:
         if beams < 1:
             raise EngineError(f"beams must be at least 1, got {beams}")
@@ -149,6 +151,14 @@ class LocalEngine:
         self.vision_cache = (
             VisionCache(self.loaded.model, vision_cache)
             if vision_cache > 0 and supports_vision_cache(self.loaded.model)
+            else None
+        )
+        # The KV of each task's fixed prompt text, kept for ``prefix_cache`` tasks (0: off).
+        self.prefix_cache = (
+            PrefixCache(
+                self.loaded.model, self.loaded.model.config.vision_start_token_id, prefix_cache
+            )
+            if prefix_cache > 0 and self.loaded.family == "qwen2_5_vl"
             else None
         )
         self.batcher: Batcher[_Guidance] | None = (
@@ -206,6 +216,10 @@ class LocalEngine:
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), frames:
+            if self.prefix_cache is not None and kwargs.get("num_beams", 1) == 1:
+                start = self.prefix_cache.start(kwargs)
+                if start is not None:
+                    kwargs["cache"] = start
             return self.loaded.model.generate(**kwargs)  # type: ignore[no-any-return]
 
     def _failed(self, exc: Exception) -> EngineError:

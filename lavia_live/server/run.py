@@ -49,6 +49,7 @@ async def _open_engine(settings: Settings) -> Engine:
         vision_cache=e.vision_cache,
         max_batch=e.max_batch,
         batch_window_s=e.batch_window_ms / 1000,
+        prefix_cache=e.prefix_cache,
     )
 
 
