@@ -295,6 +295,24 @@ def collate(
     ``ignore_index``); image tensors (``pixel_values``, ``image_grid_thw``) are concatenated
     in sample order, which is how both families take several images.
     """
+    batch = _stack(items, pad_token_id, left=False)
+    length = batch["input_ids"].shape[1]
+    labels = torch.cat(
+        [_pad(labels_for(item, ignore_index), length, ignore_index) for item in items]
+    )
+    return batch, labels
+
+
+def generation_batch(items: Sequence[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Prompt encodings (no answer) as one generation batch: sequences padded on the left,
+    so every row's answer starts at the same position (``pad_token_id``; mask and type ids
+    0); image tensors concatenated in row order, as :func:`collate` does."""
+    return _stack(items, pad_token_id, left=True)
+
+
+def _stack(items: Sequence[Encoded], pad_token_id: int, *, left: bool) -> dict[str, torch.Tensor]:
+    """Encodings as one batch: sequence tensors padded to the longest (on the left or the
+    right), image tensors concatenated in row order."""
     if not items:
         raise EncodingError("cannot collate an empty batch")
     keys = items[0].inputs.keys()
@@ -306,31 +324,7 @@ def collate(
         values = [item.inputs[key] for item in items]
         if key in _SEQUENCE_KEYS:
             fill = pad_token_id if key == "input_ids" else 0
-            batch[key] = torch.cat([_pad(value, length, fill) for value in values])
-        else:
-            batch[key] = torch.cat(values)
-    labels = torch.cat(
-        [_pad(labels_for(item, ignore_index), length, ignore_index) for item in items]
-    )
-    return batch, labels
-
-
-def generation_batch(items: Sequence[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Prompt encodings (no answer) as one generation batch: sequences padded on the left,
-    so every row's answer starts at the same position (``pad_token_id``; mask and type ids
-    0); image tensors concatenated in row order, as :func:`collate` does."""
-    if not items:
-        raise EncodingError("cannot batch no prompts")
-    keys = items[0].inputs.keys()
-    if any(item.inputs.keys() != keys for item in items):
-        raise EncodingError("cannot batch encodings with different inputs (frames in some only?)")
-    length = max(item.input_ids.shape[1] for item in items)
-    batch: dict[str, torch.Tensor] = {}
-    for key in keys:
-        values = [item.inputs[key] for item in items]
-        if key in _SEQUENCE_KEYS:
-            fill = pad_token_id if key == "input_ids" else 0
-            batch[key] = torch.cat([_pad(value, length, fill, left=True) for value in values])
+            batch[key] = torch.cat([_pad(value, length, fill, left=left) for value in values])
         else:
             batch[key] = torch.cat(values)
     return batch

@@ -6,35 +6,17 @@ their batch, a batch every caller gave up on is stopped, closing cancels what wa
 from __future__ import annotations
 
 import asyncio
-import io
 import threading
 from collections.abc import Sequence
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from lavia_live.contract.prompt import build_guidance_prompt, build_question_prompt
-from lavia_live.contract.tasks import TaskContext, TaskLibrary
 from lavia_live.engines.base import GenerationOptions, Usage, complete
 from lavia_live.engines.batching import Batcher
 from lavia_live.engines.local import LocalEngine
 from lavia_live.models import EMBEDDED, model_folder
-
-TASK = TaskLibrary.load().require("demo_oil_change")
-OTHER = TaskContext(
-    id="omelette", title="Make an omelette", steps=("Whisk the eggs.", "Heat the pan.", "Fold it.")
-)
-
-
-def video(count: int) -> list[bytes]:
-    rng = np.random.default_rng(11)
-    out = []
-    for _ in range(count):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (84, 112, 3), dtype=np.uint8)).save(buffer, "JPEG")
-        out.append(buffer.getvalue())
-    return out
+from tests.lavia_live.engines.clips import COOKING, TASK, noise_frames
 
 
 async def test_a_batch_answers_as_one_request_at_a_time_does() -> None:
@@ -43,13 +25,13 @@ async def test_a_batch_answers_as_one_request_at_a_time_does() -> None:
     batched = LocalEngine(folder, max_batch=8)
     assert single.max_concurrency == 1 and batched.max_concurrency == 8
     assert batched.batcher is not None
-    frames = video(30)
+    frames = noise_frames(30, seed=11)
     asks = [  # clips of 4 to 15 frames, two tasks: prompts of different lengths
         (TASK, frames[0:15]),
         (TASK, frames[3:7]),
-        (OTHER, frames[7:16]),
+        (COOKING, frames[7:16]),
         (TASK, frames[10:25]),
-        (OTHER, frames[20:26]),
+        (COOKING, frames[20:26]),
         (TASK, frames[1:13]),
     ]
     options = [GenerationOptions(96, usage=Usage()) for _ in asks]

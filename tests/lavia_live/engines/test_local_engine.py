@@ -14,14 +14,13 @@ from PIL import Image
 
 from lavia_live.contract.guidance import TASK_COMPLETE, parse_guidance
 from lavia_live.contract.prompt import build_guidance_prompt, build_question_prompt
-from lavia_live.contract.tasks import TaskContext, TaskLibrary
+from lavia_live.contract.tasks import TaskContext
 from lavia_live.engines.base import EngineError, GenerationOptions, complete
 from lavia_live.engines.local import LocalEngine
 from lavia_live.engines.step_choice import StepLines
 from lavia_live.models.families import encode
+from tests.lavia_live.engines.clips import COOKING, TASK
 from training.models.tiny import build_tiny_qwen2_5_vl, task_corpus
-
-TASK = TaskLibrary.load().require("demo_oil_change")
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +73,6 @@ async def test_bad_frames_and_missing_model_are_engine_errors(
         await complete(engine, build_guidance_prompt(TASK, 2), [jpeg(0)], GenerationOptions())
     with pytest.raises(EngineError, match="does not exist"):
         LocalEngine(tmp_path / "nothing")
-
-
-COOKING = TaskContext(
-    id="omelette", title="Make an omelette", steps=("Whisk the eggs.", "Heat the pan.", "Fold it.")
-)
 
 
 @pytest.mark.parametrize("beams", [1, 3])

@@ -4,33 +4,14 @@ encodes every prompt whole, and the cache keeps what it is told to."""
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import pytest
-from PIL import Image
 
 from lavia_live.contract.prompt import build_guidance_prompt, build_question_prompt
-from lavia_live.contract.tasks import TaskContext, TaskLibrary
 from lavia_live.engines.base import GenerationOptions, complete
 from lavia_live.engines.local import LocalEngine
 from lavia_live.engines.prefix_cache import PrefixCache
 from lavia_live.models import EMBEDDED, model_folder
-
-TASK = TaskLibrary.load().require("demo_oil_change")
-OTHER = TaskContext(
-    id="omelette", title="Make an omelette", steps=("Whisk the eggs.", "Heat the pan.", "Fold it.")
-)
-
-
-def video(count: int) -> list[bytes]:
-    rng = np.random.default_rng(13)
-    out = []
-    for _ in range(count):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 255, (84, 112, 3), dtype=np.uint8)).save(buffer, "JPEG")
-        out.append(buffer.getvalue())
-    return out
+from tests.lavia_live.engines.clips import COOKING, TASK, noise_frames
 
 
 async def test_answers_equal_whole_prompt_encoding_and_the_cache_is_bounded() -> None:
@@ -40,12 +21,12 @@ async def test_answers_equal_whole_prompt_encoding_and_the_cache_is_bounded() ->
     reused = LocalEngine(folder, prefix_cache=1)  # one task's prefix kept at a time
     cache = reused.prefix_cache
     assert cache is not None
-    frames = video(20)
+    frames = noise_frames(20, seed=13)
     asks = [
         build_guidance_prompt(TASK, 15),
         build_question_prompt(TASK, 15, "how many steps are left?"),
         build_guidance_prompt(TASK, 6),
-        build_guidance_prompt(OTHER, 9),  # another task: its own prefix, the first one evicted
+        build_guidance_prompt(COOKING, 9),  # another task: its own prefix, the first one evicted
         build_guidance_prompt(TASK, 4),
     ]
     options = GenerationOptions(max_tokens=60)
@@ -54,7 +35,7 @@ async def test_answers_equal_whole_prompt_encoding_and_the_cache_is_bounded() ->
         assert await complete(reused, prompt, clip, options) == await complete(
             whole, prompt, clip, options
         ), prompt.kind
-    # TASK's prefix was encoded for the first request and reused by the next two; OTHER's
+    # TASK's prefix was encoded for the first request and reused by the next two; COOKING's
     # replaced it, so the last request encoded TASK's again.
     assert (cache.misses, cache.hits, len(cache)) == (3, 2, 1)
     # With beams the prompt is encoded whole (the cache is not expanded over beams).

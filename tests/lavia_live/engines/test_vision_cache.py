@@ -5,34 +5,19 @@ encoding only the new frame; the cache stays within its bound."""
 from __future__ import annotations
 
 import contextlib
-import io
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from lavia_live.contract.prompt import build_guidance_prompt, build_question_prompt
-from lavia_live.contract.tasks import TaskLibrary
 from lavia_live.engines.base import GenerationOptions, complete
 from lavia_live.engines.local import LocalEngine, decode_frames
 from lavia_live.engines.vision_cache import VisionCache, frame_key, supports_vision_cache
 from lavia_live.models import EMBEDDED, model_folder
 from lavia_live.models.families import encode
+from tests.lavia_live.engines.clips import TASK, noise_frames
 
-TASK = TaskLibrary.load().require("demo_oil_change")
 OPTIONS = GenerationOptions(max_tokens=40)
-
-
-def frames(count: int) -> list[bytes]:
-    rng = np.random.default_rng(5)
-    out = []
-    for _ in range(count):
-        buffer = io.BytesIO()
-        pixels = rng.integers(0, 255, (84, 112, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-        out.append(buffer.getvalue())
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +33,7 @@ async def test_a_sliding_window_answers_as_fresh_encoding_does(
     assert fresh.vision_cache is None
     cache = cached.vision_cache
     assert cache is not None
-    video = frames(18)
+    video = noise_frames(18, seed=5)
     for end in range(15, 19):  # four live clips, each one frame later than the last
         clip = video[end - 15 : end]
         for prompt in (build_guidance_prompt(TASK, 15), build_question_prompt(TASK, 15, "next?")):
@@ -66,7 +51,7 @@ async def test_beams_and_a_small_bound_still_answer_alike(
     engines: tuple[LocalEngine, LocalEngine],
 ) -> None:
     fresh = engines[1]
-    clip = frames(6)
+    clip = noise_frames(6, seed=5)
     folder = model_folder(EMBEDDED)
     small = LocalEngine(folder, vision_cache=4)  # smaller than a clip: kept to 4 frames
     beams = LocalEngine(folder, beams=2)  # beams repeat the images: encoded afresh
@@ -82,7 +67,7 @@ def test_features_equal_the_models_own_and_other_requests_pass_through() -> None
     loaded = LocalEngine(model_folder(EMBEDDED), vision_cache=0).loaded
     model = loaded.model
     assert supports_vision_cache(model)
-    video = frames(16)
+    video = noise_frames(16, seed=5)
 
     def images(clip: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
         prompt = build_guidance_prompt(TASK, len(clip))
