@@ -446,6 +446,14 @@ def machine() -> str:
     )
 
 
+def add_video_options(parser: argparse.ArgumentParser, videos: int) -> None:
+    """The options of the benchmarks that stream rendered demo videos in real time."""
+    parser.add_argument("--videos", type=int, default=videos, help="demo videos, one after another")
+    parser.add_argument("--fps", type=int, default=5, help="capture rate (client default: 5)")
+    parser.add_argument("--kbps", type=int, default=1000, help="VP8 bitrate of the streams")
+    parser.add_argument("--seed", type=int, default=101, help="seed of the first demo video")
+
+
 def run_benchmark(
     parser: argparse.ArgumentParser,
     main_async: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],

@@ -32,6 +32,7 @@ from _media import DEMO_TASK, demo_video, vp8_stream
 from _server import (
     BenchServer,
     TimingEngine,
+    add_video_options,
     bench_settings,
     fmt,
     machine,
@@ -144,10 +145,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", type=int, default=2, help="demo videos, one after another")
-    parser.add_argument("--fps", type=int, default=5, help="capture rate (client default: 5)")
-    parser.add_argument("--kbps", type=int, default=1000, help="VP8 bitrate of the stream")
-    parser.add_argument("--seed", type=int, default=101, help="seed of the first demo video")
+    add_video_options(parser, videos=2)
     run_benchmark(parser, main_async)
 
 

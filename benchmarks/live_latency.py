@@ -46,6 +46,7 @@ from _server import (
     PeerResult,
     SessionLog,
     TimingEngine,
+    add_video_options,
     bench_settings,
     fmt,
     machine,
@@ -269,11 +270,8 @@ async def main_async(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", type=int, default=3, help="demo videos, one after another")
-    parser.add_argument("--fps", type=int, default=5, help="capture rate (client default: 5)")
+    add_video_options(parser, videos=3)
     parser.add_argument("--sessions", type=int, default=1, help="peers streaming at once")
-    parser.add_argument("--kbps", type=int, default=1000, help="VP8 bitrate of the streams")
-    parser.add_argument("--seed", type=int, default=101, help="seed of the first demo video")
     run_benchmark(parser, main_async)
 
 
