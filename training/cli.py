@@ -153,6 +153,7 @@ def _eval_engine(
         api_model=args.api_model,
         api_key_env=args.api_key_env,
         device=args.device,
+        dtype=settings.engine.dtype,
         cpu_threads=cpu_threads,
         steps_only=settings.engine.steps_only,
         beams=settings.engine.beams,

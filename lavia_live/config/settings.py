@@ -101,6 +101,11 @@ class EngineSettings(_Section):
     api_key_env: str = Field("OPENAI_API_KEY", description="'' for a server without a key")
     launch: LaunchSettings = LaunchSettings()
     device: str = "cpu"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="dtype of an in-process model; auto: bfloat16 on a CUDA GPU that has it, "
+        "else the checkpoint's",
+    )
     cpu_threads: int = Field(
         1, ge=0, le=256, description="torch CPU threads of an in-process model; 0: one per core"
     )

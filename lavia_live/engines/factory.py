@@ -30,6 +30,7 @@ def open_engine(
     api_model: str | None = None,
     api_key_env: str = "OPENAI_API_KEY",
     device: str = "cpu",
+    dtype: str = "auto",
     cpu_threads: int = 0,
     steps_only: bool = True,
     beams: int = 1,
@@ -78,6 +79,7 @@ def open_engine(
     return LocalEngine(
         folder,
         device=device,
+        dtype=dtype,
         cpu_threads=cpu_threads,
         steps_only=steps_only,
         beams=beams,

@@ -38,11 +38,13 @@ from lavia_live.engines.step_choice import StepLines, StepLinesProcessor
 from lavia_live.engines.vision_cache import VisionCache, frame_key, supports_vision_cache
 from lavia_live.errors import LaviaError
 from lavia_live.models.families import (
+    Encoded,
     LoadedModel,
     encode,
     end_of_turn_id,
     generation_batch,
     load_model,
+    serving_dtype,
 )
 
 _DONE = object()
@@ -134,7 +136,7 @@ class LocalEngine:
             self.loaded: LoadedModel = path
         else:
             try:
-                self.loaded = load_model(path, device=device, dtype=dtype)
+                self.loaded = load_model(path, device=device, dtype=serving_dtype(dtype, device))
             except LaviaError as exc:
                 raise EngineError(str(exc)) from exc
         self.name = f"local:{Path(self.loaded.path).name}"
@@ -142,6 +144,9 @@ class LocalEngine:
         batched = max_batch > 1 and steps_only and beams == 1
         self.max_concurrency = max_batch if batched else 1
         self.device = device
+        # Pixels go to the model in its own dtype (bfloat16 on a GPU); float32 stays as is.
+        model_dtype = getattr(self.loaded.model, "dtype", torch.float32)
+        self._pixel_dtype = None if model_dtype == torch.float32 else model_dtype
         self.steps_only = steps_only
         self.beams = beams
         self._step_lines: dict[tuple[str, ...], StepLines] = {}
@@ -190,7 +195,8 @@ class LocalEngine:
         stop: threading.Event,
     ) -> dict[str, Any]:
         loaded = self.loaded
-        encoded = encode(loaded, loaded.family, prompt, decode_frames(frames_jpeg)).to(self.device)
+        encoded = encode(loaded, loaded.family, prompt, decode_frames(frames_jpeg))
+        encoded = encoded.to(self.device, self._pixel_dtype)
         tokenizer = loaded.processor.tokenizer
         sampling: dict[str, Any] = (
             {"do_sample": True, "temperature": options.temperature}
@@ -247,7 +253,7 @@ class LocalEngine:
         try:
             out = self._generate(
                 frame_keys=keys,
-                **{k: v.to(self.device) for k, v in inputs.items()},
+                **Encoded(inputs).to(self.device, self._pixel_dtype).inputs,
                 max_new_tokens=max(r.options.max_tokens for r in requests),
                 eos_token_id=end_of_turn_id(loaded.processor, loaded.family),
                 pad_token_id=tokenizer.pad_token_id,

@@ -45,6 +45,14 @@ QWEN_END_OF_TURN = "<|im_end|>"
 _SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+
+def serving_dtype(dtype: str, device: str) -> str:
+    """The dtype to serve a model in: ``"auto"`` on a CUDA GPU that computes in bfloat16 is
+    ``"bfloat16"``; otherwise ``dtype`` as given (``"auto"``: the checkpoint's own)."""
+    on_gpu = dtype == "auto" and device.startswith("cuda") and torch.cuda.is_available()
+    return "bfloat16" if on_gpu and torch.cuda.is_bf16_supported() else dtype
+
+
 # Loading and saving print tqdm bars to stderr; lavia's output is quiet by default and its
 # own commands show the progress that matters.
 hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]

@@ -42,6 +42,7 @@ async def _open_engine(settings: Settings) -> Engine:
         api_model=api_model,
         api_key_env=e.api_key_env,
         device=e.device,
+        dtype=e.dtype,
         cpu_threads=e.cpu_threads,
         steps_only=e.steps_only,
         beams=e.beams,

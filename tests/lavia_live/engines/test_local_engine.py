@@ -18,7 +18,7 @@ from lavia_live.contract.tasks import TaskContext
 from lavia_live.engines.base import EngineError, GenerationOptions, complete
 from lavia_live.engines.local import LocalEngine
 from lavia_live.engines.step_choice import StepLines
-from lavia_live.models.families import encode
+from lavia_live.models.families import encode, serving_dtype
 from tests.lavia_live.engines.clips import COOKING, TASK
 from training.models.tiny import build_tiny_qwen2_5_vl, task_corpus
 
@@ -166,3 +166,28 @@ async def test_a_guidance_answer_cancelled_stops_its_generation(model_dir: Path)
     assert time.monotonic() - given_up < 1.0
     answer = await complete(engine, prompt, frames, GenerationOptions(max_tokens=30))
     assert answer.startswith("Current step: ")
+
+
+async def test_a_bfloat16_model_answers_alone_and_in_a_batch(model_dir: Path) -> None:
+    frames = [jpeg(i) for i in range(3)]
+    options = GenerationOptions(max_tokens=60)
+    for max_batch in (1, 4):
+        engine = LocalEngine(model_dir, dtype="bfloat16", max_batch=max_batch)
+        assert engine.loaded.model.dtype == torch.bfloat16
+        answers = await asyncio.gather(
+            *(complete(engine, build_guidance_prompt(task, 3), frames, options)
+              for task in (TASK, COOKING))
+        )  # fmt: skip
+        for task, answer in zip((TASK, COOKING), answers, strict=True):
+            assert parse_guidance(answer).current_step in task.steps, answer
+        await engine.aclose()
+
+
+def test_auto_dtype_is_bfloat16_on_a_gpu_that_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert serving_dtype("auto", "cpu") == "auto"  # the checkpoint's own
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert serving_dtype("auto", "cuda:0") == "bfloat16"
+    assert serving_dtype("float32", "cuda") == "float32"  # asked for: kept
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # e.g. a V100
+    assert serving_dtype("auto", "cuda") == "auto"
