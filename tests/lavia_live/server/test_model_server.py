@@ -31,13 +31,15 @@ from lavia_live.contract.prompt import Prompt, build_question_prompt, parse_llav
 from lavia_live.contract.records import InstructionRecord, read_records
 from lavia_live.contract.tasks import TaskLibrary
 from lavia_live.engines.base import GenerationOptions, complete
-from lavia_live.engines.factory import open_engine
+from lavia_live.engines.factory import frame_max_side, open_engine
 from lavia_live.engines.local import LocalEngine
 from lavia_live.models import EMBEDDED
 from lavia_live.openai_compat import jpeg_data_url
 from lavia_live.resources import shipped_path
+from lavia_live.server.app import LiveServer
 from lavia_live.server.model_server import ModelServer
-from tests.lavia_live.server.conftest import NothingLeft, thread_names, wait_for
+from lavia_live.watch import stream_to_server
+from tests.lavia_live.server.conftest import NothingLeft, make_settings, thread_names, wait_for
 from training.config import PipelineSettings
 from training.data.build import build_dataset
 from training.models.tiny import build_tiny_qwen2_5_vl, task_corpus
@@ -317,6 +319,29 @@ async def test_lavia_eval_scores_the_same_through_the_server(
 
     assert answers("url") == answers("local")
     print("eval over HTTP:", {k: over_http[k] for k in scores})
+
+
+async def test_lavia_serve_attached_to_the_server_guides_a_demo_video(
+    served: ModelServer, demo_video: tuple[Path, dict[str, Any]]
+) -> None:
+    """lavia serve with --engine-url and the frame size the served model was trained on:
+    a demo video streamed over WebRTC gets guidance that follows its ground truth."""
+    video, truth = demo_video
+    engine = open_engine(served.url, api_model=served.model_id, api_key_env="")
+    live = LiveServer(make_settings(), engine, frame_max_side=frame_max_side(EMBEDDED))
+    await live.start("127.0.0.1", 0)
+    try:
+        events: list[dict[str, Any]] = []
+        await stream_to_server(live.url, str(video), task="demo_oil_change", on_event=events.append)
+        announced = [e["current_index"] for e in events if e["type"] == "guidance"]
+        steps = sorted(span["step"] for span in truth["spans"])
+        assert announced == sorted(announced), announced  # the video's order, never undone
+        assert len(set(announced)) >= len(steps) - 2, (announced, steps)
+        assert not [e for e in events if e["type"] == "error"]
+        await wait_for(lambda: not live.sessions, 15, "the session closes with the client")
+    finally:
+        await live.stop()
+        await engine.aclose()
 
 
 async def test_the_command_serves_until_sigterm() -> None:
