@@ -10,14 +10,13 @@ answers come (a live session asks at most once a second: this is the capacity). 
 
 - one at a time: ``engine.max_batch: 1`` (requests queue on the model);
 - batched: ``engine.max_batch: 8`` (requests waiting when the model is free run together);
-- batched, no vision cache: the same with ``engine.vision_cache: 0``.
+- batched, no vision cache: the same with ``engine.vision_cache: 0``;
+- batched, no prefix reuse: the same with ``engine.prefix_cache: 0`` (prefix reuse applies
+  to a batch of one request: it shows with one session).
 
 For each session count the engines take turns, so the machine's load moves them alike.
 Reported: clips/s over all sessions and the p50/p95 time per request (from asking to the
 answer, waiting included), with ratios against one at a time.
-
-Prefix reuse (``engine.prefix_cache``) is on in every row: it applies to a batch of one
-request only (a single session's), so ``benchmarks/model_latency.py`` measures it.
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ ENGINES = {
     "one at a time": {"max_batch": 1},
     "batched": {"max_batch": 8},
     "batched, no vision cache": {"max_batch": 8, "vision_cache": 0},
+    "batched, no prefix reuse": {"max_batch": 8, "prefix_cache": 0},
 }
 
 

@@ -55,4 +55,5 @@ def test_gpu_check_code_path_runs_on_a_tiny_model_on_the_cpu() -> None:
     assert "| tokens/s" in done.stdout and "| tokens per sample" in done.stdout
     serving = done.stdout.split("### Training")[0]
     assert "| time to first token, new clip" in serving and "| decoding" in serving
-    assert "| clips/s, 8 sessions at once" in serving
+    assert "| clips/s, 8 sessions at once (batched)" in serving
+    assert "| time to first token, new clip, prompt encoded whole" in serving
