@@ -73,6 +73,13 @@ class LaunchSettings(_Section):
     restart_delay_s: float = Field(1.0, gt=0, description="first restart's delay; then doubled")
     restart_delay_max_s: float = Field(60.0, gt=0)
     max_restarts: int = Field(5, ge=0, le=1000, description="in a row; then it stays down")
+    health_interval_s: float = Field(
+        10.0, ge=0, description="how often a running server's GET /health is checked; 0: never"
+    )
+    health_timeout_s: float = Field(5.0, gt=0, description="one health check's answer, at most")
+    unhealthy_after: int = Field(
+        3, ge=1, le=100, description="failed health checks in a row that restart it"
+    )
 
     @model_validator(mode="after")
     def _known_placeholders(self) -> LaunchSettings:

@@ -3,9 +3,11 @@
 :class:`ManagedServer` runs ``engine.launch.command`` (:class:`~lavia_live.config.settings.
 LaunchSettings`: placeholders filled, ``args`` appended) on a free port of 127.0.0.1 in a
 process group of its own, relays its output to the ``lavia_live.model_server`` logger (INFO)
-and waits until ``GET /health`` and ``GET /v1/models`` answer. A process that dies is started
-again after a doubling delay, at most ``max_restarts`` times in a row (``on_status`` hears
-of it); :meth:`~ManagedServer.stop` sends SIGTERM to the group, SIGKILL after a grace period.
+and waits until ``GET /health`` and ``GET /v1/models`` answer. A process that dies, or stops
+answering its health check ``unhealthy_after`` times in a row (checked every
+``health_interval_s``: a hung server), is started again after a doubling delay, at most
+``max_restarts`` times in a row (``on_status`` hears of it); :meth:`~ManagedServer.stop`
+sends SIGTERM to the group, SIGKILL after a grace period.
 If ``lavia`` itself is killed, nothing runs that: on Linux the server is started with
 ``PR_SET_PDEATHSIG`` = SIGKILL, so the kernel kills it with its parent (SGLang arms the same
 for its worker processes); other systems have no such call, and there a server outlives a
@@ -225,16 +227,16 @@ class ManagedServer:
         finally:
             exited.cancel()
 
-    async def _healthy(self) -> bool:
+    async def _healthy(self, timeout_s: float = HTTP_TIMEOUT_S) -> bool:
         try:
-            timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+            timeout = aiohttp.ClientTimeout(total=timeout_s)
             async with (
                 aiohttp.ClientSession(timeout=timeout) as http,
                 http.get(self.url + "/health") as response,
             ):
                 if response.status != 200:
                     return False
-            self.model_ids = await served_models(self.url + "/v1")
+            self.model_ids = await served_models(self.url + "/v1", timeout_s)
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return False
         return bool(self.model_ids)
@@ -298,9 +300,8 @@ class ManagedServer:
         while True:
             process = self._process
             assert process is not None
-            code = await process.wait()
+            why = await self._until_down(process)
             self._ready.clear()
-            why = f"the model server {exit_description(code)}"
             if time.monotonic() - healthy_since >= limit:  # it ran well: count from 1 again
                 failures = 0
             failures += 1
@@ -330,6 +331,30 @@ class ManagedServer:
                     log.warning("%s; trying again in %g s", exc, delay)
             self.restarts += 1
             healthy_since = time.monotonic()
+
+    async def _until_down(self, process: asyncio.subprocess.Process) -> str:
+        """Wait until the process exits or stops answering its health check; what
+        happened, in words."""
+        launch = self.launch
+        exited = asyncio.ensure_future(process.wait())
+        misses = 0
+        try:
+            while True:
+                await asyncio.wait({exited}, timeout=launch.health_interval_s or None)
+                if exited.done():
+                    return f"the model server {exit_description(exited.result())}"
+                if await self._healthy(launch.health_timeout_s):
+                    misses = 0
+                    continue
+                misses += 1
+                log.warning("model server health check failed (%d in a row)", misses)
+                if misses >= launch.unhealthy_after:
+                    return (
+                        f"the model server stopped answering (GET /health failed {misses} "
+                        f"times in a row, {launch.health_timeout_s:g} s each)"
+                    )
+        finally:
+            exited.cancel()
 
     def _give_up(self, message: str) -> None:
         self._failure = message

@@ -252,3 +252,27 @@ async def test_a_killed_lavia_serve_takes_its_model_server_along(tmp_path: Path)
             await serve.wait()
         if child is not None and alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+async def test_a_hung_server_is_restarted() -> None:
+    """A server that is alive but answers nothing (here: stopped with SIGSTOP) fails its
+    health checks and is killed and started again."""
+    told: list[tuple[str, str]] = []
+    engine = ManagedEngine(
+        stand_in(command=[sys.executable, "-c", TINY_SERVER, "{port}"], health_interval_s=0.2,
+                 health_timeout_s=0.5, unhealthy_after=2, stop_timeout_s=0.5)
+    )  # fmt: skip
+    engine.server.on_status = lambda code, message: told.append((code, message))
+    await engine.server.start()
+    try:
+        hung = engine.server.pid
+        assert hung is not None
+        os.kill(hung, signal.SIGSTOP)
+        await wait_for(lambda: engine.server.restarts == 1, 30, "restarted")
+        [(code, message)] = told
+        assert code == "model_server_restarting"
+        assert "stopped answering (GET /health failed 2 times in a row" in message, message
+        assert engine.server.pid not in (None, hung) and not alive(hung)
+        assert await engine.server._healthy()  # the new one answers
+    finally:
+        await engine.aclose()
