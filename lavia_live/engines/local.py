@@ -48,7 +48,6 @@ from lavia_live.models.families import (
 )
 
 _DONE = object()
-_GENERATION_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)  # torch's OOM included
 _STEP_LINES_CACHE = 32  # tasks whose step lines are kept
 T = TypeVar("T")
 
@@ -75,6 +74,19 @@ async def _stoppable(stop: threading.Event, func: Callable[..., T], *args: Any) 
         if not work.cancelled():
             work.exception()  # retrieved: the caller is gone, its answer with it
         raise
+
+
+async def _joined(thread: threading.Thread) -> None:
+    """Wait for ``thread`` to end, even if cancelled meanwhile (then re-raised after)."""
+    join = asyncio.ensure_future(asyncio.to_thread(thread.join))
+    cancelled = False
+    while not join.done():
+        try:
+            await asyncio.shield(join)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _count(options: GenerationOptions, prompt_length: int, out: torch.Tensor) -> None:
@@ -214,7 +226,7 @@ class LocalEngine:
         )
 
     def _generate(self, frame_keys: Sequence[bytes] = (), **kwargs: Any) -> torch.Tensor:
-        """The model's ``generate`` (blocking); raises one of ``_GENERATION_ERRORS``.
+        """The model's ``generate`` (blocking).
         ``frame_keys`` name the clip's frames for the vision cache."""
         frames = (
             self.vision_cache.frames(frame_keys)
@@ -261,7 +273,7 @@ class LocalEngine:
                 logits_processor=LogitsProcessorList([processor]),
                 do_sample=False,
             )
-        except _GENERATION_ERRORS as exc:
+        except Exception as exc:  # torch's OOM included; named for the caller
             raise self._failed(exc) from exc
         answers = []
         for row, request in enumerate(requests):
@@ -291,7 +303,7 @@ class LocalEngine:
         processor = StepLinesProcessor(lines, prompt_length)
         try:
             out = self._generate(logits_processor=LogitsProcessorList([processor]), **kwargs)
-        except _GENERATION_ERRORS as exc:
+        except Exception as exc:  # torch's OOM included; named for the caller
             raise self._failed(exc) from exc
         _count(options, prompt_length, out)
         text = self.loaded.processor.tokenizer.decode(
@@ -305,26 +317,28 @@ class LocalEngine:
         frames_jpeg: Sequence[bytes],
         options: GenerationOptions,
         stop: threading.Event,
-    ) -> tuple[TextIteratorStreamer, threading.Thread, list[Exception]]:
+    ) -> tuple[TextIteratorStreamer, threading.Thread, list[BaseException]]:
         loaded = self.loaded
         kwargs = self._generate_kwargs(prompt, frames_jpeg, options, stop)
         tokenizer = loaded.processor.tokenizer
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs["streamer"] = streamer
 
-        errors: list[Exception] = []
+        errors: list[BaseException] = []
 
         prompt_length = int(kwargs["input_ids"].shape[1])
 
         def run() -> None:
             try:
                 _count(options, prompt_length, self._generate(**kwargs))
-            except _GENERATION_ERRORS as exc:
+            except BaseException as exc:  # noqa: BLE001 - the reader reports it
                 errors.append(exc)
-                streamer.end()  # type: ignore[no-untyped-call]  # wake the reader
+            finally:
+                streamer.end()  # type: ignore[no-untyped-call]  # the reader never waits on
 
+        # started by the caller once this returns: a request cancelled while its frames are
+        # encoded starts no generation
         thread = threading.Thread(target=run, name="lavia-local-generate", daemon=True)
-        thread.start()
         return streamer, thread, errors
 
     async def stream(
@@ -356,12 +370,16 @@ class LocalEngine:
                 )
             except LaviaError as exc:
                 raise EngineError(f"{self.name}: {exc}") from exc
+            thread.start()
             try:
                 while (piece := await asyncio.to_thread(next, streamer, _DONE)) is not _DONE:
                     if piece:
                         yield str(piece)
             finally:
                 stop.set()  # the stream was read to its end, closed or cancelled
-                await asyncio.to_thread(thread.join)
+                await _joined(thread)  # the model is free before the lock is
             if errors:
-                raise self._failed(errors[0]) from errors[0]
+                error = errors[0]
+                if not isinstance(error, Exception):
+                    raise error  # KeyboardInterrupt, SystemExit: not the model's failure
+                raise self._failed(error) from error

@@ -237,8 +237,8 @@ class ManagedServer:
                 if response.status != 200:
                     return False
             self.model_ids = await served_models(self.url + "/v1", timeout_s)
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return False
+        except (aiohttp.ClientError, TimeoutError, ValueError, TypeError, AttributeError):
+            return False  # no answer, or not one an OpenAI-compatible server gives
         return bool(self.model_ids)
 
     async def _relay_output(self, process: asyncio.subprocess.Process) -> None:
@@ -262,28 +262,33 @@ class ManagedServer:
         return "; its last output lines:\n  " + "\n  ".join(self._lines)
 
     async def _end_process(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            if process.returncode is None:
-                self._signal_group(process.pid, signal.SIGTERM)
-                try:
-                    async with asyncio.timeout(self.launch.stop_timeout_s):
-                        await process.wait()
-                except TimeoutError:
-                    log.warning(
-                        "model server (pid %d) still running %g s after SIGTERM: SIGKILL",
-                        process.pid, self.launch.stop_timeout_s,
-                    )  # fmt: skip
-                    self._signal_group(process.pid, signal.SIGKILL)
-                    async with asyncio.timeout(self.launch.stop_timeout_s):
-                        await process.wait()
-            self._signal_group(process.pid, signal.SIGKILL)  # workers it left behind
+        process = self._process  # forgotten only once it is gone: a stop() that cancels this
+        if process is not None:  # midway finds it still here and ends it
+            await self._kill(process)
+            self._process = None
         if self._relay is not None:
             # the rest of its output, unless something it started still holds the pipe
             await asyncio.wait({self._relay}, timeout=HTTP_TIMEOUT_S)
             self._relay.cancel()
             await asyncio.gather(self._relay, return_exceptions=True)
             self._relay = None
+
+    async def _kill(self, process: asyncio.subprocess.Process) -> None:
+        """SIGTERM to its group, SIGKILL after ``stop_timeout_s``; then its leftovers."""
+        if process.returncode is None:
+            self._signal_group(process.pid, signal.SIGTERM)
+            try:
+                async with asyncio.timeout(self.launch.stop_timeout_s):
+                    await process.wait()
+            except TimeoutError:
+                log.warning(
+                    "model server (pid %d) still running %g s after SIGTERM: SIGKILL",
+                    process.pid, self.launch.stop_timeout_s,
+                )  # fmt: skip
+                self._signal_group(process.pid, signal.SIGKILL)
+                async with asyncio.timeout(self.launch.stop_timeout_s):
+                    await process.wait()
+        self._signal_group(process.pid, signal.SIGKILL)  # workers it left behind
 
     @staticmethod
     def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -307,6 +312,7 @@ class ManagedServer:
             failures += 1
             if failures > self.launch.max_restarts:
                 self._give_up(f"{why}; not restarted after {self.launch.max_restarts} tries")
+                await self._end_process()  # a hung one holds its GPU memory otherwise
                 return
             delay = min(self.launch.restart_delay_s * 2 ** (failures - 1), limit)
             log.warning("%s%s; restarting it in %g s", why, self._last_lines(), delay)

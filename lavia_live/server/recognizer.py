@@ -127,6 +127,7 @@ class RecognitionWorker:
         worker is busy; a final raises :class:`RecognizerBusy` when the queue is full."""
         if self._task is None:
             raise SpeechError("the recognition worker is not running")
+        self._drop(lambda r: r.future.done())  # cancelled while waiting: no place held
         if partial and self.busy:
             return None
         if not partial:

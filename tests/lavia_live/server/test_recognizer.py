@@ -57,6 +57,9 @@ async def test_bounded_queue_partials_when_idle_and_order() -> None:
         third = worker.submit("c", audio(3))
         with pytest.raises(RecognizerBusy, match="2 utterances waiting"):
             worker.submit("d", audio(4))
+        assert third is not None
+        third.cancel()  # given up (an early final the person spoke over): no place held
+        third = worker.submit("c", audio(3))
         gate.release.set()
         results = await asyncio.wait_for(asyncio.gather(first, second, third), 30)
         assert [r.text for r in results] == ["n1", "n2", "n3"]  # first in, first out
