@@ -21,18 +21,17 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from lavia_live.config.settings import ModelServerSettings
-from lavia_live.contract.prompt import Prompt
-from lavia_live.engines.base import EngineError
-from lavia_live.engines.local import LocalEngine, decode_frames
-from lavia_live.models.families import encode
+from lavia_live.engines.base import EngineError, Usage
+from lavia_live.engines.local import LocalEngine
 from lavia_live.server.app import site_url
 from lavia_live.server.chat_completions import (
     DONE,
@@ -214,16 +213,17 @@ class ModelServer:
             self._mean_s += 0.2 * (time.monotonic() - started - self._mean_s)
 
     async def _complete(self, call: ChatCall, frames: list[bytes]) -> web.Response:
-        pieces = self.engine.stream(call.prompt, frames, call.options)
+        counted = Usage()
+        pieces = self.engine.stream(call.prompt, frames, replace(call.options, usage=counted))
         text = "".join([piece async for piece in pieces])
-        used = await self._usage(call, frames, text, count_prompt=True)
+        used = usage(counted.prompt_tokens, counted.completion_tokens)
         return web.json_response(completion(call, text, self._finish(call, used), used))
 
     async def _stream(
         self, request: web.Request, call: ChatCall, frames: list[bytes]
     ) -> web.StreamResponse:
-        pieces = self.engine.stream(call.prompt, frames, call.options)
-        answer: list[str] = []
+        counted = Usage()  # the engine's own token counts
+        pieces = self.engine.stream(call.prompt, frames, replace(call.options, usage=counted))
         response = web.StreamResponse(headers=_SSE_HEADERS)
         try:
             # an engine error before any text is an HTTP error; after it, an error event
@@ -231,10 +231,9 @@ class ModelServer:
             await response.prepare(request)
             await response.write(chunk_event(call, {"role": "assistant", "content": ""}))
             while piece is not None:
-                answer.append(piece)
                 await response.write(chunk_event(call, {"content": piece}))
                 piece = await anext(pieces, None)
-            used = await self._usage(call, frames, "".join(answer), count_prompt=call.include_usage)
+            used = usage(counted.prompt_tokens, counted.completion_tokens)
             await response.write(chunk_event(call, {}, self._finish(call, used)))
             if call.include_usage:
                 await response.write(usage_event(call, used))
@@ -252,18 +251,6 @@ class ModelServer:
             await _close(pieces)  # ends the generation if the client went away
         return response
 
-    async def _usage(
-        self, call: ChatCall, frames: Sequence[bytes], text: str, *, count_prompt: bool
-    ) -> dict[str, int]:
-        """Token counts as the model's processor counts them (the answer re-tokenized);
-        the prompt, which means encoding the frames again, only when asked for."""
-        loaded = self.engine.loaded
-        answer = len(loaded.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-        prompt = 0
-        if count_prompt:
-            prompt = await asyncio.to_thread(_prompt_tokens, self.engine, call.prompt, frames)
-        return usage(prompt, answer)
-
     def _went_away(self, call: ChatCall) -> None:
         self.abandoned += 1
         log.info("%s: cancelled (the client went away, or shutdown); generation stopped", call.id)
@@ -271,12 +258,6 @@ class ModelServer:
     @staticmethod
     def _finish(call: ChatCall, used: dict[str, int]) -> str:
         return "length" if used["completion_tokens"] >= call.options.max_tokens else "stop"
-
-
-def _prompt_tokens(engine: LocalEngine, prompt: Prompt, frames: Sequence[bytes]) -> int:
-    loaded = engine.loaded
-    encoded = encode(loaded, loaded.family, prompt, decode_frames(frames))
-    return int(encoded.inputs["input_ids"].shape[1])
 
 
 async def _close(pieces: AsyncIterator[str]) -> None:
