@@ -11,9 +11,9 @@ so the machine's load moves them alike. Reported: p50/p95 over all utterances of
 the ratio against one session, the worker's throughput and whether any was refused (the
 queue holds ``listening.queue_size``, 8 by default).
 
-The worker transcribes one utterance at a time (on CPU, tiny.en pads every input to 30 s, so
-batching would not pay): with N at once the last waits for N-1 others, and the ratio grows
-about as (N+1)/2 at p50 and N at p95.
+The worker transcribes one utterance at a time (each encoded as ``listening.encoder_window_s``
+of audio): with N at once the last waits for N-1 others, and the ratio grows about as
+(N+1)/2 at p50 and N at p95.
 """
 
 from __future__ import annotations

@@ -259,10 +259,16 @@ class ListeningSettings(_Section):
     device: str = "cpu"
     compute_type: str = "int8"
     beam_size: int = Field(1, ge=1, le=10, description="1: greedy decoding, the fastest")
+    encoder_window_s: Literal[10, 20, 30] = Field(
+        10, description="utterances this short are encoded in this many seconds, not 30"
+    )
     vad_threshold: float = Field(0.5, gt=0, lt=1, description="Silero speech probability")
     min_silence_ms: int = Field(500, ge=100, le=5000, description="silence that ends a question")
     min_speech_ms: int = Field(250, ge=0, le=5000, description="shorter utterances are dropped")
     speech_pad_ms: int = Field(200, ge=0, le=1000, description="audio kept around the speech")
+    early_final_ms: int = Field(
+        64, ge=32, le=5000, description="silence after which the words are recognised early"
+    )
     max_utterance_s: float = Field(
         15.0, ge=1, le=30, description="an utterance this long is cut and transcribed"
     )
@@ -274,6 +280,14 @@ class ListeningSettings(_Section):
     )
     barge_in: bool = Field(
         True, description="the person's voice stops the assistant's (push-to-talk always does)"
+    )
+    pause_guidance: bool = Field(
+        True, description="no new guidance request while the person speaks (at most 8 s)"
+    )
+    answer_early: bool = Field(
+        True,
+        description="start answering a voice question before its end is confirmed (held back;"
+        " a withdrawn one costs a model request)",
     )
     queue_size: int = Field(8, ge=1, le=1000, description="utterances waiting, all sessions")
     timeout_s: float = Field(30.0, gt=0, le=300, description="one utterance's recognition")

@@ -205,6 +205,7 @@ class LiveServer:
             session.assistant.report,
             gated=session.assistant_speaking,
             metrics=self.metrics,
+            ask_held=session.assistant.ask_held if self.settings.listening.answer_early else None,
         )
 
     def _closed(self, session: Session) -> None:

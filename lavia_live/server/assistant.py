@@ -7,7 +7,10 @@ frame, once the buffer holds ``min_frames_for_guidance``, asks the :class:`Sched
 guidance request on the clip (a newer clip replaces one still waiting). The engine's answer
 goes through the guidance parser into the :class:`StepTracker`, which decides what to
 announce. Questions are answered with the current clip and the tracker's history, streamed.
-Events leave through ``emit``; this module knows nothing of WebRTC.
+A question not confirmed yet (a voice question whose speaker may go on) can be answered
+ahead, its events held in a :class:`HeldAnswer` until it is confirmed or withdrawn; guidance
+can be paused while the person speaks (:meth:`LiveAssistant.pause_guidance`). Events leave
+through ``emit``; this module knows nothing of WebRTC.
 
 Requests in flight are cancelled (an OpenAI-compatible engine's HTTP stream closed) when they
 are superseded: a reset or task switch cancels whatever runs, the session's end cancels it,
@@ -144,6 +147,7 @@ class LiveAssistant:
         self._in_flight: _InFlight | None = None
         self._superseded_last = False  # the last guidance request was superseded
         self._failing: str | None = None  # the engine's error code, reported once
+        self._guidance_paused_until = 0.0  # monotonic; see pause_guidance
 
     # -- video in -------------------------------------------------------------------
 
@@ -177,6 +181,8 @@ class LiveAssistant:
             self.metrics.frames_sampled.inc()
         if not self.buffer.ready(self.options.min_frames):
             return None
+        if time.monotonic() < self._guidance_paused_until:
+            return None  # the clip is in the buffer: the next request after the pause sees it
         clip = self.buffer.snapshot()
         generation = self._generation
         self._supersede_stale()
@@ -206,23 +212,52 @@ class LiveAssistant:
         """Queue a question; its answer streams as ``answer`` events with the returned id."""
         qid = question_id or f"q{next(self._question_ids)}"
         text = " ".join(text.split())
-        if not text:
-            self.emit(ErrorEvent(code="bad_question", message="the question is empty", id=qid))
-            return qid
-        if len(text) > self.options.question_max_chars:
-            limit = self.options.question_max_chars
-            msg = f"questions are at most {limit} characters"
-            self.emit(ErrorEvent(code="bad_question", message=msg, id=qid))
+        problem = self._question_problem(text)
+        if problem is not None:
+            self.emit(ErrorEvent(code="bad_question", message=problem, id=qid))
             return qid
         generation = self._generation
         try:
-            self._scheduler.submit_question(self.key, lambda: self._answer(qid, text, generation))
+            self._scheduler.submit_question(
+                self.key, lambda: self._answer(qid, text, generation, self.emit)
+            )
         except QueueFull as exc:
             self.emit(ErrorEvent(code="busy", message=str(exc), id=qid))
             return qid
         if self.metrics:
             self.metrics.questions.inc()
         return qid
+
+    def ask_held(self, text: str, question_id: str) -> HeldAnswer | None:
+        """Start answering a question that is not confirmed yet (a voice question whose
+        speaker may still go on): its events wait in the returned :class:`HeldAnswer`
+        until it is confirmed, or go nowhere if it is withdrawn. None when it cannot be
+        queued now; :meth:`ask` then tells the client why."""
+        text = " ".join(text.split())
+        if self._question_problem(text) is not None:
+            return None
+        generation = self._generation
+        held = HeldAnswer(self)
+        try:
+            held.request = self._scheduler.submit_question(
+                self.key, lambda: self._answer(question_id, text, generation, held.emit)
+            )
+        except QueueFull:
+            return None
+        return held
+
+    def _question_problem(self, text: str) -> str | None:
+        if not text:
+            return "the question is empty"
+        if len(text) > self.options.question_max_chars:
+            return f"questions are at most {self.options.question_max_chars} characters"
+        return None
+
+    def pause_guidance(self, seconds: float | None) -> None:
+        """No new guidance request for ``seconds`` (None: from now on again), while frames
+        go on filling the buffer: the person is asking something, and the model should be
+        free for it. A request already running finishes."""
+        self._guidance_paused_until = 0.0 if seconds is None else time.monotonic() + seconds
 
     def switch_task(self, task: TaskContext) -> None:
         self.task = task
@@ -259,14 +294,18 @@ class LiveAssistant:
         """Drop this session's requests, the one in flight included."""
         await self._scheduler.drop(self.key)
 
-    def report(self, code: str, message: str, question_id: str | None = None) -> None:
+    def report(
+        self, code: str, message: str, question_id: str | None = None, emit: Emit | None = None
+    ) -> None:
         """Tell the client about an error (and count it); the session goes on."""
         if self.metrics:
             self.metrics.errors.labels(code).inc()
         log.info("%s: %s", code, message, extra={"session": self.key})
-        self.emit(ErrorEvent(code=code, message=message, id=question_id))
+        (emit or self.emit)(ErrorEvent(code=code, message=message, id=question_id))
 
-    def _engine_failed(self, code: str, message: str, question_id: str | None) -> None:
+    def _engine_failed(
+        self, code: str, message: str, question_id: str | None, emit: Emit | None = None
+    ) -> None:
         """An engine failure: reported when it is new (or concerns a question); the same
         failure again on the next clips is only counted, until a request succeeds."""
         if question_id is None and code == self._failing:
@@ -274,7 +313,7 @@ class LiveAssistant:
                 self.metrics.errors.labels(code).inc()
             log.debug("%s again: %s", code, message, extra={"session": self.key})
         else:
-            self.report(code, message, question_id)
+            self.report(code, message, question_id, emit)
         self._failing = code
 
     def _meter(self) -> None:
@@ -297,6 +336,7 @@ class LiveAssistant:
         clip: Clip[EncodedFrame],
         on_piece: Callable[[str], None],
         question_id: str | None = None,
+        emit: Emit | None = None,
     ) -> str | None:
         """The engine's answer (pieces passed on as they come), or None after an error
         event. Timed for the ``state`` events and the latency histogram."""
@@ -315,11 +355,11 @@ class LiveAssistant:
                     pieces.append(piece)
                     on_piece(piece)
         except EngineError as exc:
-            self._engine_failed(exc.code, str(exc), question_id)
+            self._engine_failed(exc.code, str(exc), question_id, emit)
             return None
         except TimeoutError:
             msg = f"the model gave no answer in {ENGINE_TIMEOUT_S:g} s"
-            self._engine_failed("engine_timeout", msg, question_id)
+            self._engine_failed("engine_timeout", msg, question_id, emit)
             return None
         finally:
             if self._in_flight is flight:
@@ -367,20 +407,62 @@ class LiveAssistant:
             )
         )
 
-    async def _answer(self, qid: str, question: str, generation: int) -> None:
+    async def _answer(self, qid: str, question: str, generation: int, emit: Emit) -> None:
         clip = self.buffer.snapshot()
         prompt = build_question_prompt(self.task, len(clip), question, self.tracker.history())
 
         def delta(piece: str) -> None:
             if generation == self._generation:
-                self.emit(AnswerEvent(id=qid, final=False, delta=piece))
+                emit(AnswerEvent(id=qid, final=False, delta=piece))
 
         try:
-            text = await self._stream(prompt, clip, delta, qid)
+            text = await self._stream(prompt, clip, delta, qid, emit)
         except asyncio.CancelledError:  # a reset, a task switch, the session's end
-            self.emit(AnswerEvent(id=qid, final=True, text=""))
+            emit(AnswerEvent(id=qid, final=True, text=""))
             raise
         if text is None:
-            self.emit(AnswerEvent(id=qid, final=True, text=""))
+            emit(AnswerEvent(id=qid, final=True, text=""))
         elif generation == self._generation:
-            self.emit(AnswerEvent(id=qid, final=True, text=text.strip()))
+            emit(AnswerEvent(id=qid, final=True, text=text.strip()))
+
+
+class HeldAnswer:
+    """The answer to a question asked before it was confirmed (:meth:`LiveAssistant.ask_held`):
+    it runs at once, its events (and an error it meets) wait here until :meth:`confirm`
+    sends them, and the rest as they come; :meth:`withdraw` cancels it unseen."""
+
+    def __init__(self, assistant: LiveAssistant) -> None:
+        self._assistant = assistant
+        self._waiting: list[ServerEvent] | None = []  # None once confirmed
+        self._withdrawn = False
+        self.request: asyncio.Future[bool] | None = None  # the scheduler's, once queued
+
+    def emit(self, event: ServerEvent) -> None:
+        if self._withdrawn:
+            return
+        if self._waiting is None:
+            self._assistant.emit(event)
+        else:
+            self._waiting.append(event)
+
+    def confirm(self) -> None:
+        """The question stands: send what was held back, and the rest as it comes."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is None or self._withdrawn:
+            return
+        if self._assistant.metrics:
+            self._assistant.metrics.questions.inc()
+        for event in waiting:
+            self._assistant.emit(event)
+
+    def withdraw(self) -> None:
+        """The question did not stand (the person went on speaking): cancel it unseen."""
+        if self._waiting is None or self._withdrawn:
+            return
+        self._withdrawn = True
+        assistant = self._assistant
+        cancelled = self.request is not None and assistant._scheduler.cancel(
+            assistant.key, self.request
+        )
+        if cancelled and assistant.metrics:
+            assistant.metrics.cancelled_requests.labels("withdrawn").inc()

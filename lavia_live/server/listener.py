@@ -9,12 +9,15 @@ person speaks, the utterance so far is sent every ``partial_interval_s`` to the 
 :class:`~lavia_live.server.recognizer.RecognitionWorker` for a partial ``transcript`` (skipped
 when the worker is busy); at its end the utterance is sent for the final one, whose text is
 asked through ``ask``, exactly as a typed question. The final is started early: once
-``speech_pad_ms`` of silence follows the speech, the audio the utterance will end with is
-already known (:meth:`~lavia_live.speech.vad.UtteranceSegmenter.ending`), so it is sent then,
-while the rest of ``min_silence_ms`` is waited for; if the person speaks again, that early
-request is cancelled and the utterance goes on. A pause in the audio (the microphone
-turned off) or the track's end finishes the utterance in progress; while ``gated`` says so
-(the assistant is speaking, for speakers without echo cancelling) the audio is dropped.
+``early_final_ms`` of silence follows the speech, the speech the utterance will end with is
+known (:meth:`~lavia_live.speech.vad.UtteranceSegmenter.ending`), so it is sent then, while
+the rest of ``min_silence_ms`` is waited for, and its text is answered at once through
+``ask_held`` (``listening.answer_early``): the answer's events are held back until the
+utterance ends with that same speech, which confirms it. If the person speaks again, the
+early request and its answer are withdrawn unseen and the utterance goes on. A pause in
+the audio (the microphone turned off) or the track's end finishes the utterance in
+progress; while ``gated`` says so (the assistant is speaking, for speakers without echo
+cancelling) the audio is dropped.
 
 :attr:`Listener.on_speech_start` is called as soon as the VAD scores the first voiced window
 of an utterance (not at its end): the session stops the assistant's voice there (barge-in).
@@ -33,7 +36,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 import av
 from aiortc import MediaStreamTrack
@@ -61,6 +66,30 @@ VAD_TIMEOUT_S = 10.0  # one batch through the resampler and the VAD
 RELEASE_TAIL_S = 0.1  # audio arriving this soon after a push-to-talk release still counts
 
 
+class Held(Protocol):
+    """An answer started before its question was confirmed
+    (:class:`~lavia_live.server.assistant.HeldAnswer`)."""
+
+    def confirm(self) -> None: ...
+
+    def withdraw(self) -> None: ...
+
+
+@dataclass
+class _Early:
+    """The final transcript asked for early, and the answer started on it."""
+
+    index: int  # the utterance
+    spoken: int  # its spoken samples when asked: the end must have the same
+    request: asyncio.Future[Transcript]
+    answer: Held | None = None
+
+    def withdraw(self) -> None:
+        self.request.cancel()
+        if self.answer is not None:
+            self.answer.withdraw()
+
+
 class _Mark(Enum):
     GAP = "gap"  # the audio paused: finish the utterance in progress
     GATE = "gate"  # the audio is being dropped: forget the utterance in progress
@@ -81,6 +110,7 @@ class Listener:
         *,
         gated: Callable[[], bool] = lambda: False,
         metrics: Metrics | None = None,
+        ask_held: Callable[[str, str], Held | None] | None = None,
     ) -> None:
         self.key = key
         self.settings = settings
@@ -90,6 +120,7 @@ class Listener:
         self._executor = vad_executor
         self._emit = emit
         self._ask = ask
+        self._ask_held = ask_held
         self._report = report
         self._gated = gated
         self._metrics = metrics
@@ -99,6 +130,7 @@ class Listener:
                 min_silence_ms=settings.min_silence_ms,
                 min_speech_ms=settings.min_speech_ms,
                 pad_ms=settings.speech_pad_ms,
+                early_ms=settings.early_final_ms,
                 max_utterance_s=settings.max_utterance_s,
             )
         )
@@ -109,8 +141,7 @@ class Listener:
         self._closed = False
         self._current: int | None = None  # index of the utterance in progress
         self._partial_at = 0.0  # when the last partial was asked for
-        # the final asked for early: (utterance index, its spoken samples, the request)
-        self._early: tuple[int, int, asyncio.Future[Transcript]] | None = None
+        self._early: _Early | None = None  # the final asked for early
         self._answered = 0  # highest utterance index whose final transcript was sent
         self._shown = 0  # highest utterance index a partial transcript was sent for
         self._vad_failed = False
@@ -262,17 +293,21 @@ class Listener:
         uid = self._uid(event.index)
         self.on_speech_end(uid)
         early, self._early = self._early, None
-        if early is not None and (early[0], early[1]) != (event.index, event.spoken):
-            early[2].cancel()  # it heard less than the utterance ended with
+        if early is not None and (early.index, early.spoken) != (event.index, event.spoken):
+            early.withdraw()  # it heard less than the utterance ended with
             early = None
         if event.audio is None:  # too short, or dropped
+            if early is not None:
+                early.withdraw()
             self._count("dropped")
             if self._shown == event.index:  # the client shows a partial: it is void
                 self._answered = event.index
                 self._emit(TranscriptEvent(id=uid, final=True, text="", audio_s=0.0))
             return
-        if early is not None and not early[2].cancelled():
-            future: asyncio.Future[Transcript] | None = early[2]  # the same audio, asked early
+        answer = None
+        if early is not None and not early.request.cancelled():
+            future: asyncio.Future[Transcript] | None = early.request  # the same audio
+            answer = early.answer
         else:
             try:
                 future = self._worker.submit(self.key, event.audio)
@@ -281,7 +316,7 @@ class Listener:
                 self._report("asr_busy", str(exc), uid)
                 return
         assert future is not None
-        future.add_done_callback(functools.partial(self._final, event, time.monotonic()))
+        future.add_done_callback(functools.partial(self._final, event, time.monotonic(), answer))
 
     def _maybe_early_final(self) -> None:
         """Ask for the final transcript as soon as the utterance's audio is known (see the
@@ -290,9 +325,9 @@ class Listener:
         ending = self._segmenter.ending() if index is not None else None
         early = self._early
         if early is not None:
-            if ending is not None and (early[0], early[1]) == (index, ending[0]):
+            if ending is not None and (early.index, early.spoken) == (index, ending[0]):
                 return  # asked already, and still what the utterance will end with
-            early[2].cancel()
+            early.withdraw()
             self._early = None
         if index is None or ending is None:
             return
@@ -302,7 +337,21 @@ class Listener:
         except (RecognizerBusy, SpeechError):
             return  # the utterance's end asks again, and reports a failure then
         assert future is not None
-        self._early = (index, spoken, future)
+        log.debug("utterance %d: its end asked for early", index, extra={"session": self.key})
+        self._early = _Early(index, spoken, future)
+        future.add_done_callback(functools.partial(self._heard_early, self._early))
+
+    def _heard_early(self, early: _Early, future: asyncio.Future[Transcript]) -> None:
+        """The early final is in while the utterance may still go on: start answering it,
+        held back until the utterance ends as it was heard (:meth:`_final` confirms it)."""
+        if self._closed or self._early is not early or self._ask_held is None:
+            return
+        if future.cancelled() or future.exception() is not None:
+            return
+        text = future.result().text.strip()
+        if text:
+            early.answer = self._ask_held(text, self._uid(early.index))
+            log.debug("utterance %d: answering early", early.index, extra={"session": self.key})
 
     def _maybe_partial(self) -> None:
         interval = self.settings.partial_interval_s
@@ -339,7 +388,11 @@ class Listener:
             )
 
     def _final(
-        self, event: SpeechEnded, ended_at: float, future: asyncio.Future[Transcript]
+        self,
+        event: SpeechEnded,
+        ended_at: float,
+        answer: Held | None,
+        future: asyncio.Future[Transcript],
     ) -> None:
         if self._closed or future.cancelled():
             return
@@ -368,7 +421,9 @@ class Listener:
             )
         )
         self._count("question" if text else "empty")
-        if text:
+        if text and answer is not None:
+            answer.confirm()  # started on this very transcript, before the utterance ended
+        elif text:
             self._ask(text, uid)
 
     def _count(self, outcome: str) -> None:

@@ -70,7 +70,7 @@ class Metrics:
         )
         self.cancelled_requests = Counter(
             "lavia_engine_requests_cancelled",
-            "model requests cancelled in flight by reason (superseded, reset)",
+            "model requests cancelled by reason (superseded, reset, withdrawn)",
             ["reason"],
             registry=r,
         )

@@ -9,8 +9,9 @@ A final replaces the same session's partial still waiting. Each request's future
 :class:`~lavia_live.speech.asr.Transcript`, or the error: :class:`SpeechError` from the
 recogniser, or :class:`TimeoutError` after ``timeout_s``.
 
-Batching is not done: on CPU, tiny.en pads every input to 30 s and the worker is busy with
-one request at a time, so several sessions speaking at once wait their turn.
+Batching is not done: the worker is busy with one request at a time (an utterance up to
+``encoder_window_s`` long is encoded as that many seconds, see
+:mod:`lavia_live.speech.asr`), so several sessions speaking at once wait their turn.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def whisper_transcriber(settings: ListeningSettings) -> tuple[Transcribe, Callab
         device=settings.device,
         compute_type=settings.compute_type,
         beam_size=settings.beam_size,
+        window_s=settings.encoder_window_s,
     )
 
     def transcribe(audio: npt.NDArray[np.float32]) -> Transcript:

@@ -36,6 +36,7 @@ class _Slot:
     clip: _Pending | None = None
     questions: deque[_Pending] = field(default_factory=deque)
     running: asyncio.Task[None] | None = None
+    current: _Pending | None = None  # the request ``running`` runs
     queued: bool = False
 
     def take(self) -> _Pending | None:
@@ -114,6 +115,25 @@ class Scheduler:
         slot.running.cancel()
         return True
 
+    def cancel(self, key: str, done: asyncio.Future[bool]) -> bool:
+        """Withdraw one request (``done`` is the future its submit returned): forgotten if
+        it waits, cancelled if it runs. False when it has already finished."""
+        slot = self._slots.get(key)
+        if slot is None or done.done():
+            return False
+        for pending in slot.questions:
+            if pending.done is done:
+                slot.questions.remove(pending)
+                _settle(pending, False)
+                return True
+        if slot.clip is not None and slot.clip.done is done:
+            _settle(slot.clip, False)
+            slot.clip = None
+            return True
+        if slot.current is not None and slot.current.done is done:
+            return self.cancel_running(key)
+        return False
+
     async def drop(self, key: str) -> None:
         """Forget a session: its waiting requests, and cancel the one in flight."""
         self.drop_pending(key)
@@ -147,7 +167,7 @@ class Scheduler:
             if pending is None:
                 continue
             task = asyncio.create_task(self._run(pending.job), name=f"lavia-job-{key}")
-            slot.running = task
+            slot.running, slot.current = task, pending
             try:
                 await asyncio.wait({task})
             finally:  # also when this worker is cancelled at shutdown
@@ -155,7 +175,7 @@ class Scheduler:
                     task.cancel()
                     await asyncio.wait({task})
                 _settle(pending, not task.cancelled())
-                slot.running = None
+                slot.running = slot.current = None
             if self._slots.get(key) is slot and slot.has_work():
                 self._enqueue(key, slot)
 

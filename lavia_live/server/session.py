@@ -10,7 +10,8 @@ session: the client leaving, ICE failing, the video stopping, the server shuttin
 Barge-in: when the listener hears the person start an utterance (the VAD's first voiced
 window), or a push-to-talk press arrives (``talk`` start), the speaker is interrupted and
 held until the utterance ends (or the press is released), so the assistant does not talk
-over the person; its answer to what they said comes next.
+over the person; its answer to what they said comes next. Meanwhile no new guidance request
+starts, so the model is free for the question.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 5.0
 ECHO_TAIL_S = 0.3  # the assistant's voice may still be heard this long after it stops
 TALK_HOLD_S = 60.0  # a push-to-talk press never released keeps the voice quiet this long
+GUIDANCE_PAUSE_S = 8.0  # longest pause of guidance requests while the person speaks
 MAX_BUFFERED_BYTES = 1 << 20  # a client this far behind gets no more state events
 
 
@@ -212,10 +214,20 @@ class Session:
         assert self.listener is not None
         if self.listener.settings.barge_in:
             self._barge_in(self.listener.settings.max_utterance_s + 2.0)
+        self._pause_guidance(True)
 
     def _on_speech_end(self, utterance_id: str) -> None:
         if self.speaker is not None and not self._talking:
             self.speaker.hold(None)
+        if not self._talking:
+            self._pause_guidance(False)
+
+    def _pause_guidance(self, pause: bool) -> None:
+        """While the person speaks, no new guidance request starts (for at most
+        :data:`GUIDANCE_PAUSE_S`): the model is free for their question when its words are
+        known (``listening.pause_guidance``)."""
+        if self.listener is not None and self.listener.settings.pause_guidance:
+            self.assistant.pause_guidance(GUIDANCE_PAUSE_S if pause else None)
 
     def _barge_in(self, hold_s: float) -> None:
         """Stop the assistant's voice and the rest of what it was saying; say nothing new
@@ -233,10 +245,12 @@ class Session:
         if message.state == "start":
             self._talking = True
             self._barge_in(TALK_HOLD_S)
+            self._pause_guidance(True)
             if self.listener is not None:
                 self.listener.press()
             return
         self._talking = False
+        self._pause_guidance(False)
         if self.listener is not None:
             self.listener.release()
         if self.speaker is not None:

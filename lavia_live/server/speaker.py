@@ -2,8 +2,9 @@
 
 The :class:`Speaker` watches the events a session sends. An announced ``guidance`` is turned
 into a short spoken text (a warning first, then the next step); an ``answer`` is split into
-sentences as it streams (:class:`~lavia_live.speech.sentences.SentenceSplitter`), so its
-first sentence is spoken while the rest is still being generated. One worker task takes the
+sentences as it streams (:class:`~lavia_live.speech.sentences.SentenceSplitter`; its first
+piece may be a clause, "Next:"), so its start is spoken while the rest is still being
+generated. One worker task takes the
 sentences in order, synthesises and resamples each in the TTS thread pool (never on the
 event loop, with a timeout), and queues it on the session's :class:`SpeechTrack`, keeping at
 most :data:`AHEAD` sentences queued there beyond the one playing. ``speech`` events mark
@@ -161,7 +162,7 @@ class Speaker:
             return
         splitter = self._answers.get(answer_id)
         if splitter is None:
-            splitter = self._answers[answer_id] = SentenceSplitter()
+            splitter = self._answers[answer_id] = SentenceSplitter(first_clause=True)
             while len(self._answers) > MAX_OPEN_ANSWERS:
                 self._answers.popitem(last=False)
         self._queue([_Sentence(s, "answer", answer_id) for s in splitter.feed(piece)])

@@ -4,7 +4,10 @@
 each sentence once it is complete: at ``.``, ``!`` or ``?`` followed by white space, or at a
 line break. A full stop after a known abbreviation, a number ("1.") or a single letter does
 not end a sentence; a stretch without any end grows to at most ``max_chars`` and is then cut
-at a comma or a space, so a run-on answer is still spoken while it streams.
+at a comma or a space, so a run-on answer is still spoken while it streams. With
+``first_clause`` the first piece given out may be a clause, ending at a colon or semicolon
+followed by white space ("Next: ..."), so the voice starts a sentence's time sooner; the
+model writes the rest while the clause is spoken.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import re
 __all__ = ["SentenceSplitter", "speakable", "split_sentences"]
 
 _BOUNDARY = re.compile(r"[.!?]+[\"')\]]*(?=\s)|\n+")
+_CLAUSE = re.compile(r"[:;](?=\s)")
 _LAST_WORD = re.compile(r"(\S+)[.!?]+[\"')\]]*$")
 _ABBREVIATIONS = frozenset(
     {"e.g", "i.e", "etc", "vs", "approx", "mr", "mrs", "ms", "dr", "st", "no", "fig", "min"}
@@ -44,11 +48,12 @@ def _ends_sentence(chunk: str) -> bool:
 class SentenceSplitter:
     """Feed it streamed pieces; it returns complete sentences (already :func:`speakable`)."""
 
-    def __init__(self, max_chars: int = 200) -> None:
+    def __init__(self, max_chars: int = 200, *, first_clause: bool = False) -> None:
         if max_chars < 20:
             raise ValueError(f"max_chars must be at least 20, got {max_chars}")
         self.max_chars = max_chars
         self._buffer = ""
+        self._clause = first_clause  # nothing given out yet: a clause may end the first
 
     @property
     def pending(self) -> str:
@@ -67,7 +72,16 @@ class SentenceSplitter:
     def _take(self, final: bool) -> list[str]:
         out: list[str] = []
         start = 0
-        for match in _BOUNDARY.finditer(self._buffer):
+        if self._clause:
+            clause = _CLAUSE.search(self._buffer)
+            sentence = next(
+                (m for m in _BOUNDARY.finditer(self._buffer) if _ends_sentence(
+                    self._buffer[: m.end()])), None
+            )  # fmt: skip
+            if clause is not None and (sentence is None or clause.end() < sentence.end()):
+                self._emit(self._buffer[: clause.end()], out)
+                start = clause.end()
+        for match in _BOUNDARY.finditer(self._buffer, start):
             chunk = self._buffer[start : match.end()]
             if _ends_sentence(chunk):
                 self._emit(chunk, out)
@@ -83,11 +97,11 @@ class SentenceSplitter:
         self._buffer = rest
         return out
 
-    @staticmethod
-    def _emit(chunk: str, out: list[str]) -> None:
+    def _emit(self, chunk: str, out: list[str]) -> None:
         text = speakable(chunk)
         if any(c.isalnum() for c in text):
             out.append(text)
+            self._clause = False
 
 
 def _cut_point(text: str, limit: int) -> int:

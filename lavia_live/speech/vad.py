@@ -15,10 +15,11 @@ voiced windows are dropped. :class:`SpeechStarted` is returned by the very :meth
 scores that first voiced window, one window (32 ms) into the speech at best, long before the
 utterance ends: the live server stops the assistant's voice on it (barge-in). While
 :attr:`UtteranceSegmenter.holding` (push-to-talk held) silence ends nothing: :meth:`flush`
-does, at the release. Once ``pad_ms`` of silence has followed the speech,
-:meth:`UtteranceSegmenter.ending` gives the audio the utterance will end with if no more
-speech comes, so recognition can start before the rest of ``min_silence_ms`` has passed; the
-:attr:`SpeechEnded.spoken` of the end tells whether it did. Memory is
+does, at the release. Once ``early_ms`` of silence has followed the speech,
+:meth:`UtteranceSegmenter.ending` gives the speech the utterance will end with if no more
+comes (with the silence so far, up to ``pad_ms``), so recognition can start before the rest
+of ``min_silence_ms`` has passed; the :attr:`SpeechEnded.spoken` of the end tells whether
+it did. Memory is
 fixed: one preallocated buffer of the longest utterance. Calls block (the model runs on the
 calling thread); one stream, one caller.
 """
@@ -101,6 +102,7 @@ class SegmenterOptions:
     min_speech_ms: int = 250
     pad_ms: int = 200
     max_utterance_s: float = 15.0
+    early_ms: int = 64  # silence after which ending() gives the speech so far
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ class UtteranceSegmenter:
         self.options = opts = options or SegmenterOptions()
         self.vad = SileroStream()
         self._pad = int(opts.pad_ms * SAMPLE_RATE / 1000) // WINDOW * WINDOW
+        self._early = max(int(opts.early_ms * SAMPLE_RATE / 1000) // WINDOW * WINDOW, WINDOW)
         self._min_silence = int(opts.min_silence_ms * SAMPLE_RATE / 1000)
         self._min_speech = int(opts.min_speech_ms * SAMPLE_RATE / 1000)
         longest = int(opts.max_utterance_s * SAMPLE_RATE) // WINDOW * WINDOW
@@ -169,16 +172,17 @@ class UtteranceSegmenter:
         return self.active and self._silence > 0
 
     def ending(self) -> tuple[int, Float32] | None:
-        """While ``pad_ms`` or more of silence follows the speech: the utterance's
-        :attr:`SpeechEnded.spoken` and audio if it ends without more speech (the same audio
-        :meth:`feed` or :meth:`flush` will return); None otherwise, or if it is too short
-        to keep."""
-        if not self.active or self._silence < max(self._pad, WINDOW):
+        """While ``early_ms`` or more of silence follows the speech: the utterance's
+        :attr:`SpeechEnded.spoken` if it ends without more speech, and its audio so far
+        (the speech and up to ``pad_ms`` of the silence after it: from ``pad_ms`` of
+        silence on, the audio :meth:`feed` or :meth:`flush` will end it with); None
+        otherwise, or if it is too short to keep."""
+        if not self.active or self._silence < self._early:
             return None
         if self._voiced < self._min_speech:
             return None
         spoken = self._length - self._silence
-        return spoken, self._buffer[: spoken + self._pad].copy()
+        return spoken, self._buffer[: spoken + min(self._silence, self._pad)].copy()
 
     def current(self) -> Float32:
         """A copy of the utterance so far (for a partial transcript)."""

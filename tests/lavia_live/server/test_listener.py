@@ -66,10 +66,29 @@ def jfk(bundled_data: Path) -> Float32:
     return decode_audio_file(bundled_data / "jfk.flac")
 
 
+class HeldRecord:
+    """What the listener did with an answer it started early; a confirmed one was asked."""
+
+    def __init__(self, text: str, qid: str, asked: list[tuple[str, str]]) -> None:
+        self.text, self.qid = text, qid
+        self.outcome: str | None = None
+        self._asked = asked
+
+    def confirm(self) -> None:
+        assert self.outcome is None
+        self.outcome = "confirmed"
+        self._asked.append((self.text, self.qid))
+
+    def withdraw(self) -> None:
+        assert self.outcome is None
+        self.outcome = "withdrawn"
+
+
 class Harness:
     def __init__(self, settings: ListeningSettings, worker: RecognitionWorker) -> None:
         self.events: list[ServerEvent] = []
         self.asked: list[tuple[str, str]] = []
+        self.held: list[HeldRecord] = []
         self.vad = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-vad")
         self.worker = worker
         self.gated = False
@@ -84,7 +103,12 @@ class Harness:
                 ErrorEvent(code=code, message=message, id=qid)
             ),
             gated=lambda: self.gated,
+            ask_held=self.ask_held if settings.answer_early else None,
         )
+
+    def ask_held(self, text: str, qid: str) -> HeldRecord:
+        self.held.append(HeldRecord(text, qid, self.asked))
+        return self.held[-1]
 
     def of(self, kind: type[Any]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
@@ -187,7 +211,8 @@ async def test_a_microphone_that_goes_quiet_ends_the_utterance_and_closing_cance
 ) -> None:
     tasks_before = len(asyncio.all_tasks())
     async with harness(partial_interval_s=0) as h:
-        track = FakeMic(frames_of(jfk[: 2 * SAMPLE_RATE], 48000, "stereo", "s16"), then="quiet")
+        phrase = jfk[: SAMPLE_RATE * 5 // 2]  # "And so my fellow Americans", whole words
+        track = FakeMic(frames_of(phrase, 48000, "stereo", "s16"), then="quiet")
         task = asyncio.create_task(h.listener.run(track))
         await wait_for(h.finals, 60, "the utterance ended by the pause")
         (final,) = h.finals()
@@ -276,7 +301,7 @@ class QueueMic(MediaStreamTrack):
         return await self.queue.get()
 
 
-async def test_the_final_is_recognised_before_the_utterance_ends_and_redone_if_speech_resumes(
+async def test_the_final_and_its_answer_start_before_the_utterance_ends_and_are_redone_if_speech_resumes(
     jfk: Float32, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(listener_module, "GAP_S", 60.0)  # the test's own pace pauses nothing
@@ -302,7 +327,10 @@ async def test_the_final_is_recognised_before_the_utterance_ends_and_redone_if_s
             assert not ends and not h.finals()
             early = heard[-1]
             # The person goes on: the utterance continues, and what was asked early is void.
-            mic.say(np.concatenate([phrase, silence, silence, silence]))
+            mic.say(np.concatenate([phrase, silence]))
+            await wait_for(lambda: len(h.held) == 2, 20, "the answer started early again")
+            assert not h.finals()
+            mic.say(np.concatenate([silence, silence]))
             await wait_for(h.finals, 20, "the final transcript")
             (final,) = h.finals()
             assert ends == ["voice-1"] and final.ended == "silence"
@@ -312,6 +340,11 @@ async def test_the_final_is_recognised_before_the_utterance_ends_and_redone_if_s
             # recogniser got is the utterance's, and nothing was asked after its end.
             assert heard[-1] == whole and heard.count(whole) == 1
             assert final.latency_ms is not None and final.latency_ms < 200
+            # Each early transcript started an answer, held back: the first was withdrawn when
+            # the person went on, the second confirmed by the end; nothing asked twice.
+            outcomes = [(held.text, held.outcome) for held in h.held]
+            assert outcomes == [(f"{early} samples", "withdrawn"), (final.text, "confirmed")]
+            assert h.asked == [(final.text, final.id)]
         finally:
             task.cancel()
             await asyncio.wait({task})

@@ -22,7 +22,7 @@ from lavia_live.server.assistant import LiveAssistant, LoopOptions
 from lavia_live.server.scheduler import Scheduler
 from tests.lavia_live.server.conftest import running_server, wait_for
 from tests.lavia_live.server.test_live import Client
-from tests.openai_server import OpenAIServer, hold, http_error, ok, slow_first_token
+from tests.openai_server import OpenAIServer, content, hold, http_error, ok, slow_first_token
 
 STEPS = (
     "Slide the oil pan under the engine.",
@@ -222,3 +222,48 @@ async def test_a_question_cancelled_by_a_reset_ends_with_an_empty_final_answer()
             await scheduler.aclose()
             await engine.aclose()
     assert [(e.type, e.id, e.final, e.text) for e in events] == [("answer", qid, True, "")]
+
+
+async def test_an_answer_started_early_is_held_until_confirmed_and_a_withdrawn_one_is_unseen() -> (
+    None
+):
+    """A voice question answered before its utterance ended: nothing reaches the client
+    until it is confirmed, then everything in order; a withdrawn one's stream is closed
+    and it leaves no event."""
+    config = settings()
+    events: list[Any] = []
+    async with OpenAIServer() as fake:
+        release = asyncio.Event()
+        fake.script(hold(release), content("Next: Drain the old oil into the pan."))
+        engine = open_engine(fake.base_url, api_model=fake.model_id, api_key_env="")
+        scheduler = Scheduler(engine.max_concurrency)
+        scheduler.start()
+        assistant = LiveAssistant(
+            "s1",
+            TaskLibrary.load().require("demo_oil_change"),
+            settings=config,
+            options=LoopOptions.of(config, 448),
+            engine=engine,
+            scheduler=scheduler,
+            executor=None,
+            emit=events.append,
+        )
+        try:
+            withdrawn = assistant.ask_held("what do I do", "voice-1")
+            assert withdrawn is not None
+            await fake.wait_until(lambda: len(fake.requests) == 1, 5)
+            withdrawn.withdraw()  # the person went on speaking
+            await fake.wait_until(lambda: len(fake.disconnects) == 1, 5)
+            held = assistant.ask_held("what do I do next", "voice-2")
+            assert held is not None and assistant.ask_held("", "voice-3") is None
+            await fake.wait_until(lambda: len(fake.requests) == 2, 5)
+            await wait_for(lambda: held.request is not None and held.request.done(), 5, "done")
+            assert events == []  # answered, but held back
+            held.confirm()
+            assert "what do I do next" in fake.requests[1].text()
+        finally:
+            await scheduler.aclose()
+            await engine.aclose()
+    answers = [(e.id, e.final, e.delta or e.text) for e in events]
+    assert answers[-1] == ("voice-2", True, "Next: Drain the old oil into the pan.")
+    assert {a[0] for a in answers} == {"voice-2"} and len(answers) > 1

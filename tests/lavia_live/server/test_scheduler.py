@@ -100,6 +100,27 @@ async def test_cancel_running_stops_the_request_in_flight_and_the_waiting_clip_r
     await scheduler.aclose()
 
 
+async def test_cancel_withdraws_one_request_waiting_or_running_and_no_other() -> None:
+    scheduler, rec = Scheduler(concurrency=1), Recorder()
+    scheduler.start()
+    first = scheduler.submit_question("a", rec.job("a", "q1"))
+    await asyncio.wait_for(_until(lambda: rec.started == ["q1"]), 5)
+    second = scheduler.submit_question("a", rec.job("a", "q2"))
+    third = scheduler.submit_question("a", rec.job("a", "q3"))
+    clip = scheduler.submit_clip("a", rec.job("a", "c1"))
+    assert scheduler.cancel("a", second) is True  # waiting: forgotten
+    assert await asyncio.wait_for(second, 5) is False
+    assert scheduler.cancel("a", first) is True  # running: cancelled
+    assert await asyncio.wait_for(first, 5) is False
+    await asyncio.wait_for(_until(lambda: rec.started == ["q1", "q3"]), 5)
+    assert scheduler.cancel("a", first) is False  # finished already
+    assert scheduler.cancel("b", third) is False  # not that session's
+    rec.release.set()
+    assert await asyncio.wait_for(third, 5) is True and await asyncio.wait_for(clip, 5) is True
+    assert rec.started == ["q1", "q3", "c1"]
+    await scheduler.aclose()
+
+
 async def _until(condition) -> None:  # type: ignore[no-untyped-def]
     while not condition():
         await asyncio.sleep(0.01)

@@ -19,6 +19,8 @@ import jiwer
 import numpy as np
 import numpy.typing as npt
 from aiortc import MediaStreamTrack
+from aiortc.codecs.opus import OpusDecoder
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from lavia_live.config import Settings
@@ -52,7 +54,8 @@ def voice_settings(**listening: Any) -> Settings:
 class MicClient(Client):
     """The protocol client plus a microphone: a paced 48 kHz track that is silent until
     :meth:`say` queues speech on it (sendrecv: the assistant's voice comes back on it, and
-    :attr:`heard` notes when each of its frames arrived and how loud it was)."""
+    :attr:`heard` notes when each of its frames came out of the client's jitter buffer and
+    how loud it was; :attr:`heard_packets` when the RTP packet carrying it arrived)."""
 
     def __init__(self, server: LiveServer, video: Path) -> None:
         super().__init__(server, video)
@@ -61,6 +64,7 @@ class MicClient(Client):
         self.said_from: float | None = None  # when the first sample of speech went out
         self.said_at: float | None = None  # when the last sample of speech went out
         self.heard: list[tuple[float, int]] = []  # (arrival, peak) per frame of the voice
+        self.heard_packets: list[tuple[float, int]] = []  # (arrival, peak) per RTP packet
         self.recorded: list[tuple[float, npt.NDArray[np.int16]]] = []  # (arrival, 16 kHz mono)
         self.event_times: list[float] = []  # arrival of each of self.events
         self.channel.on("message", lambda m: self.event_times.append(time.monotonic()))
@@ -69,6 +73,16 @@ class MicClient(Client):
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio" and self._listening is None:
+            (receiver,) = [r for r in self.pc.getReceivers() if r.track is track]
+            handle, decoder = receiver._handle_rtp_packet, OpusDecoder()
+
+            async def arrived(packet: Any, arrival_time_ms: int) -> None:
+                now = time.monotonic()  # decoded on its own, before the jitter buffer
+                for frame in decoder.decode(JitterFrame(packet.payload, packet.timestamp)):
+                    self.heard_packets.append((now, int(np.abs(frame.to_ndarray()).max())))
+                await handle(packet, arrival_time_ms)
+
+            receiver._handle_rtp_packet = arrived  # type: ignore[method-assign]
             self._listening = asyncio.create_task(self._listen(track))
 
     async def _listen(self, track: MediaStreamTrack) -> None:

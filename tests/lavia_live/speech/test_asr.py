@@ -109,6 +109,36 @@ def test_transcribe_pcm_on_decoded_jfk(model: WhisperModel, jfk: Path) -> None:
     assert transcript.duration == pytest.approx(samples.shape[0] / SAMPLE_RATE)
 
 
+def test_short_audio_is_encoded_in_a_short_window_with_the_same_words(
+    model: WhisperModel, jfk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audio no longer than ``window_s`` goes through the encoder as that many seconds of
+    features instead of 30, and is heard as the standard way hears it; longer audio, and a
+    window of 30, take the standard way; silence is no words."""
+    encoded: list[int] = []  # frames of each input to the encoder
+    encode = model.encode
+
+    def recording(features: np.ndarray):  # type: ignore[no-untyped-def]
+        encoded.append(features.shape[-1])
+        return encode(features)
+
+    monkeypatch.setattr(model, "encode", recording)
+    samples = decode_audio_file(jfk)  # 11 s
+    opening = samples[: 4 * SAMPLE_RATE]
+    cases = [(opening, 30, 3000), (opening, 10, 1000), (samples, 10, 3000), (samples, 20, 2000)]
+    texts = []
+    for audio, window, frames in cases:
+        encoded.clear()
+        transcript = transcribe_pcm(audio, TranscriptionOptions(beam_size=1, window_s=window))
+        assert encoded and set(encoded) == {frames}, (window, encoded)
+        assert transcript.duration == pytest.approx(audio.shape[0] / SAMPLE_RATE)
+        texts.append(normalise(transcript.text))
+    assert texts[0] == texts[1] and "and so my fellow" in texts[1]
+    assert jiwer.wer(texts[2], texts[3]) <= 0.1 and "ask not what your country" in texts[3]
+    silence = np.zeros(2 * SAMPLE_RATE, dtype=np.float32)
+    assert transcribe_pcm(silence, TranscriptionOptions(beam_size=1, window_s=10)).segments == ()
+
+
 def test_transcribe_pcm_rejects_bad_arrays() -> None:
     empty = transcribe_pcm(np.zeros(0, dtype=np.float32))
     assert empty.segments == () and empty.text == "" and empty.duration == 0.0

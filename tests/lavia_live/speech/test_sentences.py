@@ -69,3 +69,23 @@ def test_markup_and_empty_pieces_are_not_spoken() -> None:
     assert split_sentences("Done") == ["Done"]
     with pytest.raises(ValueError, match="max_chars"):
         SentenceSplitter(max_chars=5)
+
+
+def test_the_first_piece_may_be_a_clause_and_only_the_first() -> None:
+    def streamed(text: str) -> list[str]:
+        splitter, out = SentenceSplitter(first_clause=True), []
+        for word in text.split(" "):
+            out += splitter.feed(word + " ")
+        return out + splitter.flush()
+
+    assert streamed("Next: Unscrew the cap. Then: drain it.") == [
+        "Next:",
+        "Unscrew the cap.",
+        "Then: drain it.",
+    ]
+    assert streamed("This is step 3 of 7; loosen it.") == ["This is step 3 of 7;", "loosen it."]
+    assert streamed("It is 3:30. Then: go.") == ["It is 3:30.", "Then: go."]  # no space after
+    assert streamed("Done. Next: go.") == ["Done.", "Next: go."]  # a sentence came first
+    whole = SentenceSplitter(first_clause=True)  # all at once, as a held answer arrives
+    assert whole.feed("Next: Drain the oil. ") == ["Next:", "Drain the oil."]
+    assert split_sentences("Next: Drain the oil.") == ["Next: Drain the oil."]  # by default

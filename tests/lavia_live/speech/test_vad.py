@@ -192,14 +192,19 @@ def test_a_stream_that_changes_format_midway_is_resampled_from_then_on(jfk: Floa
 def test_ending_gives_the_audio_the_utterance_ends_with_unless_speech_resumes(
     jfk: Float32, min_silence_ms: int, phrases: int
 ) -> None:
-    segmenter = UtteranceSegmenter(SegmenterOptions(min_silence_ms=min_silence_ms, pad_ms=200))
+    options = SegmenterOptions(min_silence_ms=min_silence_ms, pad_ms=200, early_ms=100)
+    segmenter = UtteranceSegmenter(options)
     endings: dict[int, dict[int, Float32]] = {}  # utterance -> spoken samples -> audio
+    first: dict[tuple[int, int], int] = {}  # (utterance, spoken) -> samples when first given
     events: list[SegmentEvent] = []
     for i in range(0, jfk.shape[0], WINDOW):
         events += segmenter.feed(jfk[i : i + WINDOW])
         ending = segmenter.ending()
         if ending is not None:
             endings.setdefault(segmenter.utterances, {})[ending[0]] = ending[1]
+            first.setdefault((segmenter.utterances, ending[0]), ending[1].shape[0])
+    # Each was first given after 3 windows (96 ms, early_ms rounded down) of silence.
+    assert first and all(n == spoken + 3 * WINDOW for (_, spoken), n in first.items())
     events += segmenter.flush()
     assert segmenter.ending() is None
     utterances = ended(events)
