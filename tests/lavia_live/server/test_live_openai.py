@@ -7,7 +7,9 @@ superseded; tokens and cost add up in ``state`` and ``/metrics``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -192,17 +194,18 @@ async def test_reset_task_switch_and_the_session_end_close_the_request_in_flight
         assert metrics['lavia_engine_requests_cancelled_total{reason="reset"}'] == 2.0
 
 
-async def test_a_question_cancelled_by_a_reset_ends_with_an_empty_final_answer() -> None:
-    """The live loop without WebRTC (as ``lavia watch`` runs it): a question in flight when
-    the person resets is cancelled, its stream closed, and its answer ends empty."""
+@contextlib.asynccontextmanager
+async def loop_without_webrtc(
+    fake: OpenAIServer, events: list[Any]
+) -> AsyncIterator[LiveAssistant]:
+    """One session's live loop on the demo task (as ``lavia watch`` runs it), its model the
+    loopback fake, its events into ``events``; scheduler and engine closed on exit."""
     config = settings()
-    events: list[Any] = []
-    async with OpenAIServer() as fake:
-        fake.default = hold(asyncio.Event())
-        engine = open_engine(fake.base_url, api_model=fake.model_id, api_key_env="")
-        scheduler = Scheduler(engine.max_concurrency)
-        scheduler.start()
-        assistant = LiveAssistant(
+    engine = open_engine(fake.base_url, api_model=fake.model_id, api_key_env="")
+    scheduler = Scheduler(engine.max_concurrency)
+    scheduler.start()
+    try:
+        yield LiveAssistant(
             "s1",
             TaskLibrary.load().require("demo_oil_change"),
             settings=config,
@@ -212,15 +215,23 @@ async def test_a_question_cancelled_by_a_reset_ends_with_an_empty_final_answer()
             executor=None,
             emit=events.append,
         )
-        try:
+    finally:
+        await scheduler.aclose()
+        await engine.aclose()
+
+
+async def test_a_question_cancelled_by_a_reset_ends_with_an_empty_final_answer() -> None:
+    """The live loop without WebRTC (as ``lavia watch`` runs it): a question in flight when
+    the person resets is cancelled, its stream closed, and its answer ends empty."""
+    events: list[Any] = []
+    async with OpenAIServer() as fake:
+        fake.default = hold(asyncio.Event())
+        async with loop_without_webrtc(fake, events) as assistant:
             qid = assistant.ask("What comes next?")
             await fake.wait_until(lambda: len(fake.requests) == 1, 5)
             assistant.reset()
             await fake.wait_until(lambda: len(fake.disconnects) == 1, 5)
             await wait_for(lambda: events, 5, "the answer's end")
-        finally:
-            await scheduler.aclose()
-            await engine.aclose()
     assert [(e.type, e.id, e.final, e.text) for e in events] == [("answer", qid, True, "")]
 
 
@@ -230,25 +241,11 @@ async def test_an_answer_started_early_is_held_until_confirmed_and_a_withdrawn_o
     """A voice question answered before its utterance ended: nothing reaches the client
     until it is confirmed, then everything in order; a withdrawn one's stream is closed
     and it leaves no event."""
-    config = settings()
     events: list[Any] = []
     async with OpenAIServer() as fake:
         release = asyncio.Event()
         fake.script(hold(release), content("Next: Drain the old oil into the pan."))
-        engine = open_engine(fake.base_url, api_model=fake.model_id, api_key_env="")
-        scheduler = Scheduler(engine.max_concurrency)
-        scheduler.start()
-        assistant = LiveAssistant(
-            "s1",
-            TaskLibrary.load().require("demo_oil_change"),
-            settings=config,
-            options=LoopOptions.of(config, 448),
-            engine=engine,
-            scheduler=scheduler,
-            executor=None,
-            emit=events.append,
-        )
-        try:
+        async with loop_without_webrtc(fake, events) as assistant:
             withdrawn = assistant.ask_held("what do I do", "voice-1")
             assert withdrawn is not None
             await fake.wait_until(lambda: len(fake.requests) == 1, 5)
@@ -261,9 +258,6 @@ async def test_an_answer_started_early_is_held_until_confirmed_and_a_withdrawn_o
             assert events == []  # answered, but held back
             held.confirm()
             assert "what do I do next" in fake.requests[1].text()
-        finally:
-            await scheduler.aclose()
-            await engine.aclose()
     answers = [(e.id, e.final, e.delta or e.text) for e in events]
     assert answers[-1] == ("voice-2", True, "Next: Drain the old oil into the pan.")
     assert {a[0] for a in answers} == {"voice-2"} and len(answers) > 1
