@@ -114,7 +114,7 @@ def _cut_point(text: str, limit: int) -> int:
     return limit
 
 
-def split_sentences(text: str, max_chars: int = 200) -> list[str]:
-    """All sentences of a complete text."""
-    splitter = SentenceSplitter(max_chars)
+def split_sentences(text: str, max_chars: int = 200, *, first_clause: bool = False) -> list[str]:
+    """All sentences of a complete text (see :class:`SentenceSplitter`)."""
+    splitter = SentenceSplitter(max_chars, first_clause=first_clause)
     return splitter.feed(text) + splitter.flush()

@@ -27,6 +27,7 @@ from lavia_live.config import Settings
 from lavia_live.server.app import LiveServer
 from lavia_live.server.audio import SAMPLE_RATE, SpeechTrack
 from lavia_live.speech.asr import TranscriptionOptions, decode_audio_file, transcribe_pcm
+from lavia_live.speech.sentences import split_sentences
 from lavia_live.speech.synthesis import resample
 from lavia_live.speech.tts import SpeechAudio, synthesize
 from tests.lavia_live.server.conftest import NothingLeft, running_server, wait_for
@@ -200,11 +201,13 @@ async def test_a_spoken_question_is_transcribed_answered_and_spoken(
             answer = [a for a in client.of("answer") if a["id"] == uid]
             assert answer[-1]["final"] and answer[-1]["text"], answer
             assert any(not a["final"] and a["delta"] for a in answer), "streamed"
-            # ...and is spoken by the session's voice: what the client hears has its words.
+            # ...and is spoken by the session's voice, piece by piece as the speaker splits it:
+            # what the client hears has its words.
+            pieces = split_sentences(answer[-1]["text"], first_clause=True)
             await wait_for(
-                lambda: any(e["id"] == uid and e["state"] == "end" for e in client.of("speech")),
+                lambda: len(client.speech(id=uid, state="end")) == len(pieces),
                 60,
-                "the answer spoken",
+                f"the answer spoken: {pieces}",
             )
             said = client.speech(id=uid)
             # Words of four letters or more: eSpeak's robotic voice loses some short ones.
