@@ -237,7 +237,7 @@ class LiveAssistant:
         if self._question_problem(text) is not None:
             return None
         generation = self._generation
-        held = HeldAnswer(self)
+        held = HeldAnswer(self.emit, self._withdraw, self.metrics)
         try:
             held.request = self._scheduler.submit_question(
                 self.key, lambda: self._answer(question_id, text, generation, held.emit)
@@ -245,6 +245,11 @@ class LiveAssistant:
         except QueueFull:
             return None
         return held
+
+    def _withdraw(self, request: asyncio.Future[bool]) -> None:
+        """Cancel a held answer's request (waiting or running), counted as withdrawn."""
+        if self._scheduler.cancel(self.key, request) and self.metrics:
+            self.metrics.cancelled_requests.labels("withdrawn").inc()
 
     def _question_problem(self, text: str) -> str | None:
         if not text:
@@ -431,8 +436,15 @@ class HeldAnswer:
     it runs at once, its events (and an error it meets) wait here until :meth:`confirm`
     sends them, and the rest as they come; :meth:`withdraw` cancels it unseen."""
 
-    def __init__(self, assistant: LiveAssistant) -> None:
-        self._assistant = assistant
+    def __init__(
+        self,
+        emit: Emit,
+        cancel: Callable[[asyncio.Future[bool]], None],
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._emit = emit
+        self._cancel = cancel
+        self._metrics = metrics
         self._waiting: list[ServerEvent] | None = []  # None once confirmed
         self._withdrawn = False
         self.request: asyncio.Future[bool] | None = None  # the scheduler's, once queued
@@ -441,7 +453,7 @@ class HeldAnswer:
         if self._withdrawn:
             return
         if self._waiting is None:
-            self._assistant.emit(event)
+            self._emit(event)
         else:
             self._waiting.append(event)
 
@@ -450,19 +462,15 @@ class HeldAnswer:
         waiting, self._waiting = self._waiting, None
         if waiting is None or self._withdrawn:
             return
-        if self._assistant.metrics:
-            self._assistant.metrics.questions.inc()
+        if self._metrics:
+            self._metrics.questions.inc()
         for event in waiting:
-            self._assistant.emit(event)
+            self._emit(event)
 
     def withdraw(self) -> None:
         """The question did not stand (the person went on speaking): cancel it unseen."""
         if self._waiting is None or self._withdrawn:
             return
         self._withdrawn = True
-        assistant = self._assistant
-        cancelled = self.request is not None and assistant._scheduler.cancel(
-            assistant.key, self.request
-        )
-        if cancelled and assistant.metrics:
-            assistant.metrics.cancelled_requests.labels("withdrawn").inc()
+        if self.request is not None:
+            self._cancel(self.request)

@@ -74,7 +74,6 @@ class TranscriptionOptions:
     window_s: int = 30  # audio this short or shorter is encoded in a window this long
 
 
-WINDOW_STEP_S = 10  # short windows are whole multiples of this
 _FULL_WINDOW_S = 30  # Whisper's own
 _MAX_COMPRESSION = 2.4  # faster-whisper's compression_ratio_threshold
 _NO_SPEECH = (0.6, -1.0)  # faster-whisper's no_speech_threshold and log_prob_threshold
@@ -290,30 +289,27 @@ def _transcribe_short(
     window_s = opts.window_s
     if duration > window_s or window_s >= _FULL_WINDOW_S or opts.vad_filter:
         return None
-    multilingual = model.model.is_multilingual
-    if multilingual and opts.language is None:
+    if model.model.is_multilingual and opts.language is None:
         return None
     extractor = model.feature_extractor
     frames = window_s * SAMPLE_RATE // extractor.hop_length
     features = extractor(audio)[:, :frames]
     features = np.pad(features, ((0, 0), (0, frames - features.shape[1])))
-    tokenizer = Tokenizer(
-        model.hf_tokenizer, multilingual, task="transcribe", language=opts.language or "en"
-    )
+    tokenizer, prompt, suppressed = _decoding(model, opts.language or "en")
     max_length = int(16 + 8 * duration)  # far above speech (3 words/s, ~1.3 tokens/word)
     (result,) = model.model.generate(
         model.encode(features),
-        [[*tokenizer.sot_sequence, tokenizer.no_timestamps]],
+        [prompt],
         beam_size=opts.beam_size,
         max_length=max_length,
         return_scores=True,
         return_no_speech_prob=True,
         suppress_blank=True,
-        suppress_tokens=list(get_suppressed_tokens(tokenizer, (-1,))),
+        suppress_tokens=suppressed,
     )
     tokens = result.sequences_ids[0]
     text = tokenizer.decode(tokens).strip()
-    if len(tokens) >= max_length - 1 - len(tokenizer.sot_sequence):
+    if len(tokens) >= max_length - len(prompt):
         return None  # ran to the limit: a loop
     if text and len(text) / len(zlib.compress(text.encode())) > _MAX_COMPRESSION:
         return None  # repeats itself
@@ -328,3 +324,15 @@ def _transcribe_short(
 def transcribe_file(path: str | Path, options: TranscriptionOptions | None = None) -> Transcript:
     """Decode an audio (or video) file's first audio track and transcribe it."""
     return transcribe_pcm(decode_audio_file(path), options)
+
+
+@functools.lru_cache(maxsize=8)
+def _decoding(model: WhisperModel, language: str) -> tuple[Tokenizer, list[int], list[int]]:
+    """The tokenizer, the prompt (start of transcript, no timestamps) and the tokens to
+    suppress (faster-whisper's default set) for short-window decodes: built once per model
+    and language, not per utterance."""
+    tokenizer = Tokenizer(
+        model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
+    )
+    prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+    return tokenizer, prompt, list(get_suppressed_tokens(tokenizer, (-1,)))
