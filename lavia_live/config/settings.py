@@ -122,8 +122,8 @@ class EngineSettings(_Section):
     max_tokens: int = Field(96, ge=8, le=4096)
     steps_only: bool = Field(
         True,
-        description="an in-process model's guidance names only the task's steps "
-        "(decoding constrained to the step list)",
+        description="an in-process model's guidance, and the steps its answers name after "
+        "a label ('Next:'), are only the task's steps (decoding constrained to the step list)",
     )
     beams: int = Field(
         1, ge=1, le=16, description="beam width of that guidance decoding; 1: greedy"

@@ -21,6 +21,17 @@ from typing import Any, Literal
 TASK_COMPLETE = "The task is complete."
 NO_WARNING = "none"
 
+# Answers to questions are free text; where one names a step of the task, the step's text
+# follows one of these labels ("You are on: Loosen the drain plug with the ratchet. It is
+# step 3 of 7.", "Next: Drain the old oil into the pan."). The demo data's answers write
+# them and in-process engines hold what follows them to the task's steps.
+CURRENT_LABEL = "You are on:"
+NEXT_LABEL = "Next:"  # a step, or TASK_COMPLETE
+LEFT_LABEL = "Steps left after:"
+TOOL_LABEL = "Needed for:"
+SKIPPED_LABEL = "skipped:"
+STEP_LABELS = (CURRENT_LABEL, LEFT_LABEL, TOOL_LABEL, SKIPPED_LABEL)  # each before a step
+
 Status = Literal["ok", "partial", "unparsed"]
 
 # JSON schema for structured-output annotators (OpenAI ``response_format``).

@@ -34,7 +34,7 @@ from lavia_live.contract.prompt import Prompt
 from lavia_live.engines.base import EngineError, GenerationOptions
 from lavia_live.engines.batching import Batcher
 from lavia_live.engines.prefix_cache import PrefixCache
-from lavia_live.engines.step_choice import StepLines, StepLinesProcessor
+from lavia_live.engines.step_choice import StepLines, StepLinesProcessor, StepSlots
 from lavia_live.engines.vision_cache import VisionCache, frame_key, supports_vision_cache
 from lavia_live.errors import LaviaError
 from lavia_live.models.families import (
@@ -50,6 +50,7 @@ from lavia_live.models.families import (
 _DONE = object()
 _STEP_LINES_CACHE = 32  # tasks whose step lines are kept
 T = TypeVar("T")
+R = TypeVar("R", StepLines, StepSlots)
 
 
 class _StopWhenSet(StoppingCriteria):
@@ -119,7 +120,8 @@ class _Guidance:
 class LocalEngine:
     """``steps_only``: guidance names only the steps the prompt lists, chosen by beam search
     over ``beams`` lines (:mod:`lavia_live.engines.step_choice`); such an answer arrives in
-    one piece. Answers to questions always stream."""
+    one piece. Answers to questions always stream; with ``steps_only`` a step an answer
+    names after one of the contract's labels (``Next:``...) is one of the task's."""
 
     def __init__(
         self,
@@ -162,6 +164,7 @@ class LocalEngine:
         self.steps_only = steps_only
         self.beams = beams
         self._step_lines: dict[tuple[str, ...], StepLines] = {}
+        self._step_slots: dict[tuple[str, ...], StepSlots] = {}
         self._lock = asyncio.Lock()
         # Each frame's vision features, reused while it stays in a session's window (up to
         # ``vision_cache`` frames; 0: off). Families without it encode every frame each time.
@@ -190,14 +193,30 @@ class LocalEngine:
 
     def _constrained(self, prompt: Prompt) -> StepLines | None:
         """The step lines a guidance answer is held to; None: unconstrained."""
-        steps = prompt.task_steps() if self.steps_only and prompt.kind == "guidance" else ()
+        if not self.steps_only or prompt.kind != "guidance":
+            return None
+        return self._for_task(self._step_lines, StepLines, prompt.task_steps())
+
+    def _slots(self, prompt: Prompt) -> StepSlots | None:
+        """The step slots a question's answer is held to; None: unconstrained."""
+        if not self.steps_only or prompt.kind != "question":
+            return None
+        return self._for_task(self._step_slots, StepSlots, prompt.task_steps())
+
+    def _for_task(
+        self,
+        cache: dict[tuple[str, ...], R],
+        make: Callable[[Any, tuple[str, ...]], R],
+        steps: tuple[str, ...],
+    ) -> R | None:
+        """``make(tokenizer, steps)``, kept for the last few tasks; None for no steps."""
         if not steps:
             return None
-        if steps not in self._step_lines:
-            if len(self._step_lines) >= _STEP_LINES_CACHE:
-                self._step_lines.pop(next(iter(self._step_lines)))
-            self._step_lines[steps] = StepLines(self.loaded.processor.tokenizer, steps)
-        return self._step_lines[steps]
+        if steps not in cache:
+            if len(cache) >= _STEP_LINES_CACHE:
+                cache.pop(next(iter(cache)))
+            cache[steps] = make(self.loaded.processor.tokenizer, steps)
+        return cache[steps]
 
     def _generate_kwargs(
         self,
@@ -323,10 +342,13 @@ class LocalEngine:
         tokenizer = loaded.processor.tokenizer
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         kwargs["streamer"] = streamer
-
-        errors: list[BaseException] = []
-
         prompt_length = int(kwargs["input_ids"].shape[1])
+        slots = self._slots(prompt)
+        if slots is not None:
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [StepLinesProcessor(slots, prompt_length)]
+            )
+        errors: list[BaseException] = []
 
         def run() -> None:
             try:

@@ -1,4 +1,4 @@
-"""Guidance decoding that names only the task's steps (in-process models).
+"""Decoding that names only the task's steps (in-process models).
 
 The guidance prompt asks for the step texts from the task's list. A small model decides a
 step by its first words and can drift into a line that mixes two steps ("Slide the drain
@@ -9,16 +9,22 @@ by the likelihood of the whole line, not of its first token alone.
 
 :class:`StepLines` holds the allowed token sequences of one task as a trie;
 :class:`StepLinesProcessor` is the ``transformers`` logits processor that applies it.
+
+Answers to questions are free text, but where one names a step after one of the contract's
+labels ("You are on: <step>", "Next: <step>"), :class:`StepSlots` holds the text after the
+label to the task's steps (after ``Next:``, or the task being complete), so an answer
+cannot invent a step ("Next: Loosen the old oil into the pan."). The same processor
+applies it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from lavia_live.contract.guidance import TASK_COMPLETE, Guidance
+from lavia_live.contract.guidance import NEXT_LABEL, STEP_LABELS, TASK_COMPLETE, Guidance
 
 _WARNING_LABEL = "\nWarning:"
 
@@ -56,19 +62,70 @@ class StepLines:
         return self._next.get(tuple(generated))
 
 
-class StepLinesProcessor:
-    """Masks every token that would leave :class:`StepLines` while the step lines are
-    being written; the rows are prompt + generated tokens (beams included). ``lines`` is
-    one task's for every row, or one per row (a batch of requests, prompts padded on the
-    left to ``prompt_length``)."""
+class TokenRule(Protocol):
+    def allowed(self, generated: Sequence[int]) -> set[int] | None: ...
 
-    def __init__(self, lines: StepLines | Sequence[StepLines], prompt_length: int) -> None:
+
+def _tokens(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class StepSlots:
+    """The step texts that may follow a label in a question's answer.
+
+    A label is matched as the tokenizer writes it at the start of the answer and after a
+    word. While the tokens since the latest label are the start of an allowed text, only
+    its continuations are allowed; everywhere else the answer is free.
+    """
+
+    def __init__(self, tokenizer: Any, steps: Sequence[str]) -> None:
+        if not steps:
+            raise ValueError("no steps to choose from")
+        # label tokens -> the slot's allowed prefixes -> their next tokens
+        self._slots: dict[tuple[int, ...], dict[tuple[int, ...], set[int]]] = {}
+        labels = [(label, tuple(steps)) for label in STEP_LABELS]
+        labels.append((NEXT_LABEL, (*steps, TASK_COMPLETE)))
+        for label, texts in labels:
+            for written in (label, f" {label}"):  # starting the answer, or after a word
+                head = _tokens(tokenizer, written)
+                trie = self._slots.setdefault(tuple(head), {})
+                for text in texts:
+                    whole = _tokens(tokenizer, f"{written} {text}")
+                    if whole[: len(head)] != head:
+                        continue  # the tokenizer merges the label with this text: left free
+                    slot = whole[len(head) :]
+                    for end in range(len(slot)):
+                        trie.setdefault(tuple(slot[:end]), set()).add(slot[end])
+
+    def allowed(self, generated: Sequence[int]) -> set[int] | None:
+        """Tokens that may follow ``generated``; None where the answer is free."""
+        best: tuple[int, dict[tuple[int, ...], set[int]]] | None = None
+        for head, trie in self._slots.items():
+            n = len(head)
+            for end in range(len(generated), n - 1, -1):  # the latest occurrence
+                if tuple(generated[end - n : end]) == head:
+                    if best is None or end > best[0]:
+                        best = (end, trie)
+                    break
+        if best is None:
+            return None
+        end, trie = best
+        return trie.get(tuple(generated[end:]))
+
+
+class StepLinesProcessor:
+    """Masks every token that would leave a :class:`TokenRule` (:class:`StepLines`,
+    :class:`StepSlots`) where it allows only some; the rows are prompt + generated tokens
+    (beams included). ``lines`` is one rule for every row, or one per row (a batch of
+    requests, prompts padded on the left to ``prompt_length``)."""
+
+    def __init__(self, lines: TokenRule | Sequence[TokenRule], prompt_length: int) -> None:
         self.lines = lines
         self.prompt_length = prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(input_ids.shape[0]):
-            lines = self.lines if isinstance(self.lines, StepLines) else self.lines[row]
+            lines = self.lines[row] if isinstance(self.lines, Sequence) else self.lines
             allowed = lines.allowed(input_ids[row, self.prompt_length :].tolist())
             if allowed is None:
                 continue

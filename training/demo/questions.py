@@ -9,7 +9,12 @@ of the questions are ones the demo cannot answer (the weather, another task); th
 honest short answer, :data:`OUT_OF_SCOPE_ANSWER`.
 
 Answers use a small fixed phrasing per kind, so a tiny model can learn them; the wording
-of the questions varies (templates, casing, punctuation) so it learns the intent.
+of the questions varies (templates, casing, punctuation) so it learns the intent. Each
+answer's first words say what kind of answer it is; where it names a step, the step's text
+comes next, after one of the contract's labels (which in-process engines hold to the task's
+steps), and what follows from the step (its number, the count left, the tool) after it:
+"You are on: Loosen the drain plug with the ratchet. It is step 3 of 7." A small model names
+a step far more reliably than it counts, and the count follows from the name.
 """
 
 from __future__ import annotations
@@ -19,11 +24,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lavia_live.contract.guidance import TASK_COMPLETE
+from lavia_live.contract.guidance import (
+    CURRENT_LABEL,
+    LEFT_LABEL,
+    NEXT_LABEL,
+    SKIPPED_LABEL,
+    TASK_COMPLETE,
+    TOOL_LABEL,
+)
 from lavia_live.contract.tasks import TaskContext
 from training.demo.render import DemoTruth
 
-__all__ = ["OUT_OF_SCOPE_ANSWER", "QUESTION_KINDS", "DemoQuestion", "demo_questions"]
+__all__ = [
+    "OUT_OF_SCOPE_ANSWER",
+    "QUESTION_KINDS",
+    "DemoQuestion",
+    "demo_questions",
+]
 
 OUT_OF_SCOPE_ANSWER = "I can only help with the demo task's steps."
 
@@ -120,28 +137,23 @@ def _now(truth: DemoTruth, task: TaskContext, frame: int) -> _Now:
 
 def _current(now: _Now) -> tuple[str, tuple[str, ...]]:
     n, total = now.current + 1, len(now.task.steps)
-    return f"This is step {n} of {total}: {now.step(now.current)}", (
-        f"step {n}",
-        now.step(now.current),
-    )
+    name = now.step(now.current)
+    return f"{CURRENT_LABEL} {name} It is step {n} of {total}.", (f"step {n}", name)
 
 
 def _next(now: _Now) -> tuple[str, tuple[str, ...]]:
     if not now.pending:
-        return f"This is the last step. After it, {TASK_COMPLETE[0].lower()}{TASK_COMPLETE[1:]}", (
-            "the task is complete",
-        )
+        return f"{NEXT_LABEL} {TASK_COMPLETE} This is the last step.", ("the task is complete",)
     step = now.step(now.pending[0])
-    return f"Next: {step}", (step,)
+    return f"{NEXT_LABEL} {step}", (step,)
 
 
 def _steps_left(now: _Now) -> tuple[str, tuple[str, ...]]:
-    left = len(now.pending)
+    left, head = len(now.pending), f"{LEFT_LABEL} {now.step(now.current)}"
     if left == 0:
-        return "None after this one: this is the last step.", ("last step",)
+        return f"{head} None: it is the last step.", ("last step",)
     count = f"{left} step" if left == 1 else f"{left} steps"
-    verb = "is" if left == 1 else "are"
-    return f"{count} {verb} left after this one.", (count,)
+    return f"{head} {count}.", (count,)
 
 
 def _mistakes(now: _Now) -> tuple[str, tuple[str, ...]]:
@@ -149,15 +161,18 @@ def _mistakes(now: _Now) -> tuple[str, tuple[str, ...]]:
         return f"Yes: {now.mistake}", (now.mistake,)
     if now.skipped:
         i = now.skipped[0]
-        return f"Yes: step {i + 1} was skipped: {now.step(i)}", (f"step {i + 1}", now.step(i))
+        return f"Yes: {SKIPPED_LABEL} {now.step(i)} It was step {i + 1}.", (
+            f"step {i + 1}",
+            now.step(i),
+        )
     return "No, nothing was missed so far.", ("nothing was missed",)
 
 
 def _tool(now: _Now) -> tuple[str, tuple[str, ...]]:
-    tool = _TOOLS[now.current]
+    tool, head = _TOOLS[now.current], f"{TOOL_LABEL} {now.step(now.current)}"
     if tool is None:
-        return "No tool: do this step by hand.", ("by hand",)
-    return f"For this step you need {tool}.", (tool.removeprefix("the "),)
+        return f"{head} No tool: do it by hand.", ("by hand",)
+    return f"{head} You need {tool}.", (tool.removeprefix("the "),)
 
 
 def _out_of_scope(now: _Now) -> tuple[str, tuple[str, ...]]:

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from lavia_live.contract.guidance import TASK_COMPLETE, parse_guidance
+from lavia_live.contract.guidance import CURRENT_LABEL, TASK_COMPLETE, parse_guidance
 from lavia_live.contract.prompt import build_guidance_prompt, build_question_prompt
 from lavia_live.contract.tasks import TaskContext
 from lavia_live.engines.base import EngineError, GenerationOptions, complete
 from lavia_live.engines.local import LocalEngine
-from lavia_live.engines.step_choice import StepLines
+from lavia_live.engines.step_choice import StepLines, StepLinesProcessor, StepSlots
 from lavia_live.models.families import encode, serving_dtype
 from tests.lavia_live.engines.clips import COOKING, TASK
 from training.models.tiny import build_tiny_qwen2_5_vl, task_corpus
@@ -118,6 +118,56 @@ def test_step_lines_allow_the_task_steps_only(model_dir: Path) -> None:
     assert lines.allowed(head) is None  # the warning is free text
     with pytest.raises(ValueError, match="no steps"):
         StepLines(tokenizer, ())
+
+
+def test_step_slots_hold_the_step_after_a_label_to_the_task(model_dir: Path) -> None:
+    tokenizer = LocalEngine(model_dir).loaded.processor.tokenizer
+    slots = StepSlots(tokenizer, COOKING.steps)
+
+    def follows(text: str) -> bool:
+        tokens = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return all(
+            (allowed := slots.allowed(tokens[:i])) is None or tokens[i] in allowed
+            for i in range(len(tokens))
+        )
+
+    assert follows("You are on: Heat the pan. It is step 1 of 3.")
+    assert follows("Next: Fold it.")
+    assert follows("Next: The task is complete. This is the last step.")
+    assert follows("Steps left after: Whisk the eggs. 1 step.")
+    assert follows("Needed for: Fold it. You need a spatula. Next: Heat the pan.")
+    assert follows("Yes: skipped: Whisk the eggs. It was step 2.")
+    assert follows("No, nothing was missed so far.")  # no label: free text
+    assert not follows("You are on: Heat the eggs.")
+    assert not follows("Steps left after: Fold the pan.")
+    assert not follows("You are on: The task is complete.")  # only the next step can be
+    assert not follows("Yes, that is done. Next: Whisk the pan.")
+    with pytest.raises(ValueError, match="no steps"):
+        StepSlots(tokenizer, ())
+
+
+def test_an_answer_naming_a_step_after_its_label_names_one_of_the_task(model_dir: Path) -> None:
+    # the untrained model, made to start its answer with the label, must go on with a step
+    engine = LocalEngine(model_dir)
+    loaded, tokenizer = engine.loaded, engine.loaded.processor.tokenizer
+    prompt = build_question_prompt(COOKING, 2, "which step is this?")
+    images = [Image.open(io.BytesIO(jpeg(i))).convert("RGB") for i in range(2)]
+    inputs = encode(loaded, loaded.family, prompt, images).inputs
+    prompt_length = int(inputs["input_ids"].shape[1])
+    label = torch.tensor([tokenizer(CURRENT_LABEL, add_special_tokens=False)["input_ids"]])
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], label], dim=1)
+    for key in ("attention_mask", "mm_token_type_ids"):  # the label is text, attended to
+        if key in inputs:
+            pad = torch.full_like(label, int(key == "attention_mask"))
+            inputs[key] = torch.cat([inputs[key], pad], dim=1)
+    processor = StepLinesProcessor(StepSlots(tokenizer, COOKING.steps), prompt_length)
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            **inputs, max_new_tokens=16, do_sample=False, logits_processor=[processor]
+        )
+    answer = tokenizer.decode(out[0, prompt_length:], skip_special_tokens=True)
+    assert answer.startswith(f"{CURRENT_LABEL} ")
+    assert any(answer.startswith(f"{CURRENT_LABEL} {step}") for step in COOKING.steps), answer
 
 
 def _generating() -> bool:
