@@ -70,13 +70,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from training.demo.render import DemoSpec, render_demo_video
+    from training.demo.render import DemoSpec, demo_seeds, render_demo_video
 
     settings = _settings(args)
     task = TaskLibrary.load(settings.tasks.folder).require("demo_oil_change")
     spec = DemoSpec(mistake_rate=args.mistake_rate, narration=not args.no_narration)
     out = Path(args.out)
-    seeds = range(args.seed, args.seed + args.videos)
+    seeds = demo_seeds(task, spec, args.seed, args.videos, starting_step=args.starting_step)
     for seed in tqdm(
         seeds,
         desc="render",
@@ -337,6 +337,14 @@ def register(sub: Any) -> None:
         "--mistake-rate", type=float, default=0.25, help="share of videos with a mistake"
     )
     p.add_argument("--no-narration", action="store_true", help="no spoken narration track")
+    p.add_argument(
+        "--starting-step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only videos whose person starts with step N (1-based; 2 or 3: a mistake at the "
+        "start): seeds from --seed up that plan no such video are passed over",
+    )
     _progress_options(p)
     add_config_options(p)
     p.set_defaults(func=_cmd_demo, settings_model=PipelineSettings)

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lavia_live.atomic import atomic_open, atomic_write_json
+from lavia_live.errors import ConfigError
 from training.demo.scene import (
     CAP_OFF,
     CHECK_LEVEL,
@@ -45,6 +46,7 @@ __all__ = [
     "DemoSpec",
     "DemoTruth",
     "StepSpan",
+    "demo_seeds",
     "plan_demo",
     "render_demo_video",
     "render_frame",
@@ -391,6 +393,26 @@ def plan_demo(task: DemoTask, seed: int, spec: DemoSpec) -> DemoTruth:
         mistakes=mistakes,
         narration=narration,
     )
+
+
+def demo_seeds(
+    task: DemoTask, spec: DemoSpec, first: int, count: int, *, starting_step: int | None = None
+) -> list[int]:
+    """The seeds of ``count`` videos from ``first`` up: all of them, or (``starting_step``,
+    1-based) only those whose person starts with that step, which takes a mistake for any
+    step but the first (steps out of order, or the first skipped)."""
+    if starting_step is None:
+        return list(range(first, first + count))
+    if not 1 <= starting_step <= len(task.steps):
+        raise ConfigError(f"starting step must be 1 to {len(task.steps)}, got {starting_step}")
+    candidates = range(first, first + 1000 * count)
+    seeds = [s for s in candidates if plan_demo(task, s, spec).spans[0].step == starting_step - 1]
+    if len(seeds) < count:
+        raise ConfigError(
+            f"only {len(seeds)} of seeds {first}-{candidates[-1]} start with step "
+            f"{starting_step} at mistake rate {spec.mistake_rate}"
+        )
+    return seeds[:count]
 
 
 def render_frame(

@@ -15,10 +15,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from lavia_live.contract.tasks import TaskContext, load_task
+from lavia_live.errors import ConfigError
 from training.demo.render import (
     DemoSpec,
     DemoTruth,
     StepSpan,
+    demo_seeds,
     plan_demo,
     render_demo_video,
     render_frame,
@@ -252,3 +254,17 @@ def test_render_demo_video_narrates_each_step(task: TaskContext, tmp_path: Path)
     speech = pcm[int(starts[0] * rate) : int(ends[0] * rate)]
     silence = pcm[: int((starts[0] - 0.1) * rate)]
     assert np.sqrt(np.mean(speech**2)) > 10 * np.sqrt(np.mean(silence**2)) + 1e-4
+
+
+def test_demo_seeds_can_pick_videos_that_start_with_a_later_step(task: TaskContext) -> None:
+    spec = DemoSpec(mistake_rate=0.5, narration=False)
+    assert demo_seeds(task, spec, 40, 3) == [40, 41, 42]
+    seeds = demo_seeds(task, spec, 800, 5, starting_step=3)
+    assert len(seeds) == 5 and seeds == sorted(seeds) and seeds[0] >= 800
+    assert all(plan_demo(task, s, spec).spans[0].step == 2 for s in seeds)
+    skipped = [s for s in range(800, seeds[-1]) if s not in seeds]
+    assert skipped and all(plan_demo(task, s, spec).spans[0].step != 2 for s in skipped)
+    with pytest.raises(ConfigError, match="start with step 4"):  # no mistake starts there
+        demo_seeds(task, spec, 0, 1, starting_step=4)
+    with pytest.raises(ConfigError, match="must be 1 to 7"):
+        demo_seeds(task, spec, 0, 1, starting_step=0)
