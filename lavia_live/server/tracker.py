@@ -3,8 +3,10 @@
 The model answers for every clip; the tracker, not the model, decides what the person is
 told. It matches each answer to the task's steps (:func:`~lavia_live.contract.tasks.
 match_step`), and announces a new current/next step only when ``confirm`` answers in a row
-agree on it (a step the model reports once amid steady others is not announced; the first
-answer of a session is announced at once, since there is nothing steady yet). It keeps
+agree on it (a step the model reports once amid steady others is not announced). That holds
+for a session's first step too: the first answers come from the shortest clips, the ones a
+model gets wrong most, and a wrong first step is announced with the warnings its correction
+brings ("Back at step 1"). It keeps
 which steps are done, and warns from the sequence itself: a step skipped (the current step
 jumps forward over steps never seen), a step undone (it goes back to a step already done)
 or steps out of order (it goes back to an earlier step not done yet). A warning the model
@@ -97,7 +99,7 @@ class StepTracker:
             self._streak += 1
         else:
             self._candidate, self._streak = reading, 1
-        if self._announced is not None and self._streak < self.confirm:
+        if self._streak < self.confirm:
             return None
         return self._announce(reading)
 

@@ -24,12 +24,18 @@ def feed(tracker: StepTracker, *currents: int) -> list[Announcement | None]:
     return [tracker.update(answer(c)) for c in currents]  # type: ignore[arg-type]
 
 
-def test_first_answer_is_announced_then_only_confirmed_changes() -> None:
+def test_only_confirmed_steps_are_announced_the_first_one_too() -> None:
     tracker = StepTracker(TASK, confirm=2)
     out = feed(tracker, 0, 0, 0, 1, 1, 1)
-    assert [a is not None for a in out] == [True, False, False, False, True, False]
-    assert out[0] is not None and (out[0].current_index, out[0].next_index) == (0, 1)
+    assert [a is not None for a in out] == [False, True, False, False, True, False]
+    assert out[1] is not None and (out[1].current_index, out[1].next_index) == (0, 1)
     assert out[4] is not None and out[4].current_step == "Pour the water." and out[4].done == (0,)
+    # a session's first answers disagree: nothing is said until two agree, and no warning
+    tracker = StepTracker(TASK, confirm=2)
+    out = feed(tracker, 2, 0, 0)
+    assert out[:2] == [None, None] and out[2] is not None
+    assert (out[2].current_index, out[2].warning) == (0, None)
+    assert feed(StepTracker(TASK, confirm=1), 2)[0] is not None  # confirm=1: at once
 
 
 def test_a_one_off_answer_amid_steady_ones_is_not_announced() -> None:
