@@ -115,6 +115,7 @@ const app = {
     voice: "",
     browserVoice: "",
     rate: NORMAL_WPM,
+    rateChosen: false, // false: the server's configured rate (speech.rate_wpm) is used
     talkMode: HANDS_FREE,
   },
   serverSpeech: null, // hello.speech: {engine, voices, voice, rate_wpm, muted} or null
@@ -685,6 +686,12 @@ function onHello(msg) {
   if (!sameTask) clearGuidance("Watching… the first guidance comes after a few seconds.");
   else renderChecklist();
   app.serverSpeech = msg.speech ?? null;
+  if (app.serverSpeech && !app.speech.rateChosen) {
+    // until the person moves the slider, the voice speaks at the rate the server is set to
+    app.speech.rate = app.serverSpeech.rate_wpm;
+    ui.speechRate.value = String(app.speech.rate);
+    renderSpeechControls();
+  }
   app.listening = msg.listening ?? null;
   if (app.mic && !app.listening) showMicText("The server is not listening: type your question.", "idle");
   fillVoices();
@@ -787,6 +794,7 @@ function initSpeech() {
   });
   ui.speechRate.addEventListener("change", () => {
     app.speech.rate = Number(ui.speechRate.value);
+    app.speech.rateChosen = true;
     applySpeech();
   });
   window.speechSynthesis?.addEventListener?.("voiceschanged", () => {

@@ -14,6 +14,7 @@ import numpy as np
 from playwright.async_api import Page
 
 from lavia_live.config import Settings
+from lavia_live.config.settings import SpeechSettings
 from lavia_live.speech.synthesis import resample
 from lavia_live.speech.tts import synthesize
 from tests.lavia_live.server.browser import DEADLINE_S, chromium, wait_for_page, wait_until
@@ -198,8 +199,10 @@ async def test_push_to_talk_with_the_space_bar_interrupts_and_sends_at_release(
     wav = spoken_wav(QUESTION, tmp_path / "q.wav")  # 1 s, the question, 2 s of silence
     with wave.open(str(wav)) as w:
         wav_s = w.getnframes() / w.getframerate()
+    # spoken slowly, so the press lands mid-sentence even when the machine is busy
+    slow = Settings().model_copy(update={"speech": SpeechSettings(rate_wpm=100)})
     async with (
-        running_server(Settings()) as server,
+        running_server(slow) as server,
         chromium(tmp_path / "profile", fake_audio=wav) as context,
     ):
         page = await context.new_page()
@@ -210,6 +213,13 @@ async def test_push_to_talk_with_the_space_bar_interrupts_and_sends_at_release(
         session = await start_demo(page, server)
         speaker, listener = session.speaker, session.listener
         assert speaker is not None and listener is not None
+        # the page takes the server's configured rate until the person moves the slider
+        await page_value(
+            page,
+            "document.getElementById('speech-rate-value').textContent === '100'",
+            "the server's speaking rate shown",
+        )
+        assert speaker.rate_wpm == 100
         assert (await page.text_content("#mic") or "").strip() == "Hold to talk"
         # Space typed in the question box is a space, not a press.
         await page.focus("#question")
@@ -220,7 +230,7 @@ async def test_push_to_talk_with_the_space_bar_interrupts_and_sends_at_release(
         await page.fill("#question", "")
         await page.focus("#mic")
         # The guidance is being spoken: holding Space stops it at once.
-        await wait_until(lambda: speaker.track.queued_s > 1.0, "the assistant speaking")
+        await wait_until(lambda: speaker.track.queued_s > 2.0, "the assistant speaking")
         await page.keyboard.down("Space")
         await wait_until(lambda: speaker.interruptions == 1, "the voice cut by the press")
         cut = await page_value(
