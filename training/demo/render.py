@@ -13,6 +13,7 @@ H.264 mp4 with an AAC narration track (eSpeak NG) and the ground truth beside it
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -406,13 +407,16 @@ def demo_seeds(
     if not 1 <= starting_step <= len(task.steps):
         raise ConfigError(f"starting step must be 1 to {len(task.steps)}, got {starting_step}")
     candidates = range(first, first + 1000 * count)
-    seeds = [s for s in candidates if plan_demo(task, s, spec).spans[0].step == starting_step - 1]
+    starting = (
+        s for s in candidates if plan_demo(task, s, spec).spans[0].step == starting_step - 1
+    )
+    seeds = list(itertools.islice(starting, count))  # planned only until enough are found
     if len(seeds) < count:
         raise ConfigError(
             f"only {len(seeds)} of seeds {first}-{candidates[-1]} start with step "
             f"{starting_step} at mistake rate {spec.mistake_rate}"
         )
-    return seeds[:count]
+    return seeds
 
 
 def render_frame(
