@@ -124,7 +124,9 @@ def test_short_audio_is_encoded_in_a_short_window_with_the_same_words(
 
     monkeypatch.setattr(model, "encode", recording)
     samples = decode_audio_file(jfk)  # 11 s
-    opening = samples[: 4 * SAMPLE_RATE]
+    # The first sentence, cut in the pause after it: a few words alone, or a cut mid-word,
+    # are heard one way or the other ("ask" or "asked") whatever the window.
+    opening = samples[: round(7.9 * SAMPLE_RATE)]
     cases = [(opening, 30, 3000), (opening, 10, 1000), (samples, 10, 3000), (samples, 20, 2000)]
     texts = []
     for audio, window, frames in cases:
@@ -133,7 +135,7 @@ def test_short_audio_is_encoded_in_a_short_window_with_the_same_words(
         assert encoded and set(encoded) == {frames}, (window, encoded)
         assert transcript.duration == pytest.approx(audio.shape[0] / SAMPLE_RATE)
         texts.append(normalise(transcript.text))
-    assert texts[0] == texts[1] and "and so my fellow" in texts[1]
+    assert texts[0] == texts[1] and "my fellow americans ask not what" in texts[1]
     assert jiwer.wer(texts[2], texts[3]) <= 0.1 and "ask not what your country" in texts[3]
     silence = np.zeros(2 * SAMPLE_RATE, dtype=np.float32)
     assert transcribe_pcm(silence, TranscriptionOptions(beam_size=1, window_s=10)).segments == ()
