@@ -29,8 +29,9 @@ CURRENT_LABEL = "You are on:"
 NEXT_LABEL = "Next:"  # a step, or TASK_COMPLETE
 LEFT_LABEL = "Steps left after:"
 TOOL_LABEL = "Needed for:"
+HOW_LABEL = "Do this now:"  # how to go on: the step at hand, then what it needs
 SKIPPED_LABEL = "skipped:"
-STEP_LABELS = (CURRENT_LABEL, LEFT_LABEL, TOOL_LABEL, SKIPPED_LABEL)  # each before a step
+STEP_LABELS = (CURRENT_LABEL, LEFT_LABEL, TOOL_LABEL, HOW_LABEL, SKIPPED_LABEL)  # before a step
 
 Status = Literal["ok", "partial", "unparsed"]
 

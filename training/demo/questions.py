@@ -3,7 +3,7 @@
 The demo dataset carries question turns beside the guidance: for a clip ending at time t,
 :func:`demo_questions` picks questions in varied wordings (what to do now or next, which
 step this is, how many steps are left, whether anything was missed or done wrong, what a
-step needs) and answers each from the truth at t, naming the facts a correct answer must
+step needs, how to go on in the person's own words) and answers each from the truth at t, naming the facts a correct answer must
 state (the step's text, the count, the tool) so ``lavia eval`` can score answers. A share
 of the questions are ones the demo cannot answer (the weather, another task); they get an
 honest short answer, :data:`OUT_OF_SCOPE_ANSWER`.
@@ -26,6 +26,7 @@ import numpy as np
 
 from lavia_live.contract.guidance import (
     CURRENT_LABEL,
+    HOW_LABEL,
     LEFT_LABEL,
     NEXT_LABEL,
     SKIPPED_LABEL,
@@ -93,6 +94,21 @@ _WORDINGS: dict[str, tuple[str, ...]] = {
         "What should I be holding for this?",
         "Do I need a tool for this?",
         "What tool is this step?",
+    ),
+    # How to go on, asked in the person's own words: answered with the step at hand.
+    "how": (
+        "How do I do this?",
+        "How do I do this step?",
+        "Can you walk me through this?",
+        "What exactly do I do here?",
+        "How does this part go?",
+        "Explain this step to me.",
+        "How do I get the drain plug out?",
+        "How do I use the ratchet here?",
+        "How do I deal with the oil?",
+        "What's the right way to do this on the engine?",
+        "Help me with this, I'm stuck.",
+        "Can you remind me how this goes?",
     ),
     "out_of_scope": (
         "What's the weather like today?",
@@ -175,6 +191,13 @@ def _tool(now: _Now) -> tuple[str, tuple[str, ...]]:
     return f"{head} You need {tool}.", (tool.removeprefix("the "),)
 
 
+def _how(now: _Now) -> tuple[str, tuple[str, ...]]:
+    tool, step = _TOOLS[now.current], now.step(now.current)
+    if tool is None:
+        return f"{HOW_LABEL} {step} Do it by hand.", (step, "by hand")
+    return f"{HOW_LABEL} {step} You need {tool}.", (step, tool.removeprefix("the "))
+
+
 def _out_of_scope(now: _Now) -> tuple[str, tuple[str, ...]]:
     return OUT_OF_SCOPE_ANSWER, (OUT_OF_SCOPE_ANSWER.rstrip("."),)
 
@@ -185,6 +208,7 @@ _ANSWERS: dict[str, Callable[[_Now], tuple[str, tuple[str, ...]]]] = {
     "steps_left": _steps_left,
     "mistakes": _mistakes,
     "tool": _tool,
+    "how": _how,
     "out_of_scope": _out_of_scope,
 }
 

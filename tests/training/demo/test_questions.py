@@ -53,6 +53,8 @@ def test_every_kind_states_its_facts_and_they_follow_the_truth(task: TaskContext
                 elif q.kind == "steps_left":
                     count = f"{len(todo)} step" + ("s" if len(todo) > 1 else "")
                     assert q.facts == ((count,) if todo else ("last step",))
+                elif q.kind == "how":
+                    assert q.facts[0] == task.steps[current] and len(q.facts) == 2
                 elif q.kind == "out_of_scope":
                     assert q.answer == OUT_OF_SCOPE_ANSWER
                 assert all(fact_in(f, q.answer) for f in q.facts)  # as lavia eval scores
