@@ -3,8 +3,9 @@
 The demo dataset carries question turns beside the guidance: for a clip ending at time t,
 :func:`demo_questions` picks questions in varied wordings (what to do now or next, which
 step this is, how many steps are left, whether anything was missed or done wrong, what a
-step needs, how to go on in the person's own words) and answers each from the truth at t, naming the facts a correct answer must
-state (the step's text, the count, the tool) so ``lavia eval`` can score answers. A share
+step needs, how to go on in the person's own words) and answers each from the truth at t,
+naming the facts a correct answer must state (the step's text, the count, the tool) so
+``lavia eval`` can score answers. A share
 of the questions are ones the demo cannot answer (the weather, another task); they get an
 honest short answer, :data:`OUT_OF_SCOPE_ANSWER`.
 

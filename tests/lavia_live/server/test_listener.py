@@ -259,7 +259,9 @@ async def test_push_to_talk_pauses_end_nothing_and_the_release_ends_it_at_once(
         ends: list[str] = []
         h.listener.on_speech_start = starts.append
         h.listener.on_speech_end = ends.append
-        frames = frames_of(audio, 48000, "mono", "s16", ms=20)
+        # 100 ms frames: the burst this mic sends at once stays well inside the VAD backlog,
+        # however slowly the VAD thread gets going (20 ms frames overflowed it under load).
+        frames = frames_of(audio, 48000, "mono", "s16", ms=100)
         h.listener.press()
         task = asyncio.create_task(h.listener.run(FakeMic(frames, then="quiet")))
         try:
@@ -268,6 +270,7 @@ async def test_push_to_talk_pauses_end_nothing_and_the_release_ends_it_at_once(
             )
             await wait_for(lambda: not h.listener._backlog, 10, "all audio through the VAD")
             assert starts == ["voice-1"] and not ends and not h.finals()
+            assert h.listener.frames_dropped == 0
             loop = asyncio.get_running_loop()
             released = loop.time()
             h.listener.release()
