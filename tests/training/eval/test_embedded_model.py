@@ -28,19 +28,21 @@ def test_shipped_model_fits_the_package_and_met_its_targets() -> None:
     assert scores["clips"] >= 800 and scores["questions"] >= 350
     assert scores["parse_rate"] == 1.0
     assert scores["steps_outside_task"] == 0
-    assert scores["next_step_accuracy"] >= 0.85
+    assert scores["next_step_accuracy"] >= 0.9
     assert scores["current_step_accuracy"] >= 0.9
-    assert scores["mistake_recall"] >= 0.75 and scores["mistake_precision"] >= 0.9
-    assert scores["question_accuracy"] >= 0.5
+    assert scores["mistake_recall"] >= 0.85 and scores["mistake_precision"] >= 0.95
+    assert scores["question_accuracy"] >= 0.75
     live = json.loads((folder / "live.json").read_text(encoding="utf-8"))
     assert live["videos"] >= 16 and live["engine_errors"] == 0
-    assert live["announced_share"] >= 0.9
+    assert live["announced_share"] >= 0.95
     assert live["latency_median_s"] <= 3.0
     assert live["announcements_per_step"] <= 1.2
     assert live["false_warnings_per_10min_clean"] <= 1.0
 
 
-SEEDS = tuple(range(400001, 400007))  # training used 0-249, 200000-200039 and 300000-300059
+# training used seeds 0-249, 200000-200039, 300000-300059 and 20 or 24 from each of 600000,
+# 700000, 800000, 900000, 1000000, 1100000 and 1200000
+SEEDS = tuple(range(400001, 400007))
 
 
 def test_shipped_model_on_videos_from_new_seeds(tmp_path: Path) -> None:
@@ -69,9 +71,9 @@ def test_shipped_model_on_videos_from_new_seeds(tmp_path: Path) -> None:
     )
     assert not result.failures
     t, q = result.totals, result.question_totals
-    # measured when it shipped: 164 clips, next 88.4%, current 92.7%, mistakes recall 0.75
-    # and precision 0.95 (24 clips show one), questions 74% (the model before it: 87.2%,
-    # 93.3%, 0.58, 1.0, 64% of questions of six kinds)
+    # measured when it shipped: 164 clips, next 86.0%, current 92.7%, mistakes recall 0.62
+    # and precision 0.94 (24 clips show one), questions 80% of 50 (the model before it:
+    # 88.4%, 92.7%, 0.75, 0.95, 74%)
     assert t.clips >= 150 and q.questions >= 30
     assert t.parse_rate == 1.0 and t.steps_outside_task == 0
     assert t.current_step_accuracy >= 0.88
