@@ -5,9 +5,8 @@ The demo dataset carries question turns beside the guidance: for a clip ending a
 step this is, how many steps are left, whether anything was missed or done wrong, what a
 step needs, how to go on in the person's own words) and answers each from the truth at t,
 naming the facts a correct answer must state (the step's text, the count, the tool) so
-``lavia eval`` can score answers. A share
-of the questions are ones the demo cannot answer (the weather, another task); they get an
-honest short answer, :data:`OUT_OF_SCOPE_ANSWER`.
+``lavia eval`` can score answers. A share of the questions are ones the demo cannot answer
+(the weather, another task); they get an honest short answer, :data:`OUT_OF_SCOPE_ANSWER`.
 
 Answers use a small fixed phrasing per kind, so a tiny model can learn them; the wording
 of the questions varies (templates, casing, punctuation) so it learns the intent. Each
