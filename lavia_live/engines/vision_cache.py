@@ -3,7 +3,8 @@ live window.
 
 A live clip shares 14 of its 15 frames with the one a second before it. Qwen2.5-VL encodes
 each image on its own (its vision attention never crosses from one image to another), so an
-image's features do not depend on the other frames of the request, and the features of a
+image's features do not depend on the other frames of the request (up to float rounding:
+the matrix products are blocked by the batch's size), and the features of a
 frame seen before can be taken from memory. :class:`VisionCache` wraps the model's
 ``get_image_features`` (the one place its forward pass turns pixels into image features):
 during :meth:`VisionCache.frames`, the images of the request are looked up by their keys

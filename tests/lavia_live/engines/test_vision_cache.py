@@ -85,7 +85,10 @@ def test_features_equal_the_models_own_and_other_requests_pass_through() -> None
                 reused = model.model.get_image_features(*now).pooler_output
             assert cache.misses == 16 and cache.hits == 14
             assert len(reused) == len(own) == 15
-            assert all(torch.equal(a, b) for a, b in zip(own, reused, strict=True))
+            # The same image, encoded in a batch of another size: the same features up to
+            # float32 rounding (the matrix products are blocked by the batch's row count).
+            for a, b in zip(own, reused, strict=True):
+                torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
             # keys that do not match the request's images, or none: the model's own function
             for keys in ([b"one key"], None):
                 with cache.frames(keys) if keys else contextlib.nullcontext():
