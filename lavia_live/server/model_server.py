@@ -176,7 +176,7 @@ class ModelServer:
                 else:
                     response = await self._complete(call, frames)
         except asyncio.CancelledError:  # the client went away (handler_cancellation), or shutdown
-            self._went_away(call)
+            self._went_away(request, call)
             raise
         log.info(
             "%s: %s answer on %d frames in %.2f s",
@@ -246,18 +246,26 @@ class ModelServer:
             failure = ChatAPIError(500, f"The model failed: {exc}", type="server_error")
             await response.write(event(failure.body()))
         except ConnectionResetError:  # written to a connection just closed
-            self._went_away(call)
+            self._went_away(request, call)
         finally:
             await _close(pieces)  # ends the generation if the client went away
         return response
 
-    def _went_away(self, call: ChatCall) -> None:
+    def _went_away(self, request: web.Request, call: ChatCall) -> None:
+        # once per request: a write to the closed connection fails, and then aiohttp may
+        # also cancel the handler while the generation is being closed
+        if request.get(_ABANDONED):
+            return
+        request[_ABANDONED] = True
         self.abandoned += 1
         log.info("%s: cancelled (the client went away, or shutdown); generation stopped", call.id)
 
     @staticmethod
     def _finish(call: ChatCall, used: dict[str, int]) -> str:
         return "length" if used["completion_tokens"] >= call.options.max_tokens else "stop"
+
+
+_ABANDONED = web.RequestKey("lavia_abandoned", bool)  # already counted as abandoned
 
 
 async def _close(pieces: AsyncIterator[str]) -> None:
