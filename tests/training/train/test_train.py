@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -180,7 +181,10 @@ def test_killed_run_resumes_at_its_checkpoint_with_the_same_data_order(
     s = settings(tmp_path / "b", tiny_base, demo_records, max_steps=steps)
     config.write_text(yaml.safe_dump({"train": s.model_dump(mode="json")}))
     cmd = [sys.executable, "-m", "lavia_live.cli", "train", "-c", str(config), "--no-progress"]
-    proc = subprocess.Popen(cmd)
+    # the same thread count as this process (an engine test may have set it to 1): float
+    # sums over another number of threads differ in the last bits
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, env=env)
     checkpoints = tmp_path / "b" / "run" / "checkpoints"
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
