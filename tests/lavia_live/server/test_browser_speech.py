@@ -229,8 +229,13 @@ async def test_push_to_talk_with_the_space_bar_interrupts_and_sends_at_release(
         assert await page.get_attribute("#mic", "aria-pressed") == "false"
         await page.fill("#question", "")
         await page.focus("#mic")
-        # The guidance is being spoken: holding Space stops it at once.
-        await wait_until(lambda: speaker.track.queued_s > 2.0, "the assistant speaking")
+        # The guidance is being spoken: holding Space stops it at once. Spoken means playing,
+        # not only queued: a press before the first frame went out drops the sentence
+        # unheard, and nothing was cut.
+        await wait_until(
+            lambda: speaker.track.speaking and speaker.track.queued_s > 2.0,
+            "the assistant speaking",
+        )
         await page.keyboard.down("Space")
         await wait_until(lambda: speaker.interruptions == 1, "the voice cut by the press")
         cut = await page_value(
