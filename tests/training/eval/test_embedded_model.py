@@ -28,13 +28,13 @@ def test_shipped_model_fits_the_package_and_met_its_targets() -> None:
     assert scores["clips"] >= 800 and scores["questions"] >= 350
     assert scores["parse_rate"] == 1.0
     assert scores["steps_outside_task"] == 0
-    assert scores["next_step_accuracy"] >= 0.94
-    assert scores["current_step_accuracy"] >= 0.92
+    assert scores["next_step_accuracy"] >= 0.95
+    assert scores["current_step_accuracy"] >= 0.93
     assert scores["mistake_recall"] >= 0.9 and scores["mistake_precision"] >= 0.95
-    assert scores["question_accuracy"] >= 0.85
+    assert scores["question_accuracy"] >= 0.89
     live = json.loads((folder / "live.json").read_text(encoding="utf-8"))
     assert live["videos"] >= 16 and live["engine_errors"] == 0
-    assert live["announced_share"] >= 0.93
+    assert live["announced_share"] >= 0.96
     assert live["latency_median_s"] <= 3.0
     assert live["announcements_per_step"] <= 1.2
     assert live["false_warnings_per_10min_clean"] <= 1.0
@@ -42,7 +42,7 @@ def test_shipped_model_fits_the_package_and_met_its_targets() -> None:
 
 # training used seeds 0-249, 200000-200039, 300000-300059 and 20 or 24 from each of 600000,
 # 700000, 800000, 900000, 1000000, 1100000, 1200000, 1300000, 1400000, 1500000, 1600000,
-# 1700000, 1800000 and 1900000
+# 1700000, 1800000, 1900000, 2000000 and 2100000
 SEEDS = tuple(range(400001, 400007))
 
 
@@ -72,13 +72,13 @@ def test_shipped_model_on_videos_from_new_seeds(tmp_path: Path) -> None:
     )
     assert not result.failures
     t, q = result.totals, result.question_totals
-    # measured when it shipped: 164 clips, next 87.8%, current 93.9%, mistakes recall 0.67
-    # and precision 0.94 (24 clips show one), questions 90% of 50 (the model before it:
-    # 86.0%, 92.7%, 0.62, 0.94, 80%)
+    # measured when it shipped: 164 clips, next 89.6%, current 93.3%, mistakes recall 0.83
+    # and precision 0.91 (24 clips show one), questions 90% of 50 (the model before it:
+    # 87.8%, 93.9%, 0.67, 0.94, 90%)
     assert t.clips >= 150 and q.questions >= 30
     assert t.parse_rate == 1.0 and t.steps_outside_task == 0
-    assert t.current_step_accuracy >= 0.88
-    assert t.next_step_accuracy >= 0.8
-    assert t.mistake_recall is not None and t.mistake_recall >= 0.4
+    assert t.current_step_accuracy >= 0.9
+    assert t.next_step_accuracy >= 0.85
+    assert t.mistake_recall is not None and t.mistake_recall >= 0.5
     assert t.mistake_precision is not None and t.mistake_precision >= 0.8
-    assert q.question_accuracy is not None and q.question_accuracy >= 0.6
+    assert q.question_accuracy is not None and q.question_accuracy >= 0.7
