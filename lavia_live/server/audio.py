@@ -75,6 +75,11 @@ class SpeechTrack(MediaStreamTrack):
         return self._queued_samples / SAMPLE_RATE
 
     @property
+    def playing_left_s(self) -> float:
+        """Seconds left of the utterance playing now (0 when none is)."""
+        return self._queue[0].left / SAMPLE_RATE if self.speaking else 0.0
+
+    @property
     def speaking(self) -> bool:
         return bool(self._queue) and self._queue[0].started
 

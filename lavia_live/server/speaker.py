@@ -136,6 +136,11 @@ class Speaker:
         """Nothing waiting, being synthesised or playing."""
         return not self._pending and not self._busy and self.track.pending == 0
 
+    @property
+    def playing_id(self) -> str | None:
+        """The id of the answer whose sentence is playing now (None: guidance or silence)."""
+        return self._on_track[0].id if self._on_track and self.track.speaking else None
+
     # -- what to say ----------------------------------------------------------------
 
     def observe(self, event: ServerEvent) -> None:

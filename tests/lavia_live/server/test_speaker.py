@@ -178,6 +178,7 @@ async def test_track_pacing_silence_and_bounds() -> None:
         assert 0.45 <= elapsed < 2.0, elapsed  # 25 steps of 20 ms after the first frame
         assert [f.pts for f in frames] == [i * 960 for i in range(26)]
         assert not any(f.to_ndarray().any() for f in frames)
+        assert track.playing_left_s == 0.0 and not track.speaking
         marks: list[str] = []
         track.play(
             np.full(1500, 1000, np.int16),
@@ -188,8 +189,9 @@ async def test_track_pacing_silence_and_bounds() -> None:
             track.play(np.zeros(48000, np.int16))
         first = (await track.recv()).to_ndarray().reshape(-1)
         assert marks == ["start"] and (first == 1000).all()
+        assert track.playing_left_s == pytest.approx((1500 - 960) / 48000)
         second = (await track.recv()).to_ndarray().reshape(-1)
-        assert marks == ["start", "end"]
+        assert marks == ["start", "end"] and track.playing_left_s == 0.0
         assert (second[: 1500 - 960] == 1000).all() and not second[1500 - 960 :].any()
         track.play(np.zeros(48000, np.int16))  # room again
     finally:
@@ -215,9 +217,11 @@ async def test_barge_in_cuts_at_once_and_the_rest_of_that_answer_is_never_spoken
     rig.speaker.observe(answer("q1", delta=f"{first} Then"))
     await wait_for(lambda: rig.track.speaking, 20, "speaking")
     await wait_for(lambda: rig.frames and rig.frames[-1].to_ndarray().any(), 10, "voiced")
+    assert rig.speaker.playing_id == "q1" and rig.track.playing_left_s > 0
     assert rig.speaker.interrupt(), "it was speaking: the sentence is cut"
     cut_at = len(rig.frames)
     assert rig.speaker.interruptions == 1 and rig.track.pending == 0
+    assert rig.speaker.playing_id is None and rig.track.playing_left_s == 0.0
     rig.speaker.hold(30)
     # The very next frame is silent: the track's buffered audio is gone.
     await wait_for(lambda: len(rig.frames) > cut_at + 25, 10, "frames after the cut")

@@ -279,11 +279,12 @@ async def barge_in(
     speaker = client.server.sessions[client.sid].speaker
     assert speaker is not None
 
-    def speaking() -> bool:
+    def speaking() -> bool:  # a sentence of this answer itself plays, seconds of it left
         started = client.speech(id=answer_id, state="start")
         return (
             bool(started)
-            and speaker.track.queued_s > 2.0
+            and speaker.playing_id == answer_id
+            and speaker.track.playing_left_s > 2.0
             and client.voiced_since(started[0][0]) >= heard_frames
         )
 
