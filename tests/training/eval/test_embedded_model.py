@@ -29,12 +29,12 @@ def test_shipped_model_fits_the_package_and_met_its_targets() -> None:
     assert scores["parse_rate"] == 1.0
     assert scores["steps_outside_task"] == 0
     assert scores["next_step_accuracy"] >= 0.95
-    assert scores["current_step_accuracy"] >= 0.93
-    assert scores["mistake_recall"] >= 0.9 and scores["mistake_precision"] >= 0.95
-    assert scores["question_accuracy"] >= 0.89
+    assert scores["current_step_accuracy"] >= 0.94
+    assert scores["mistake_recall"] >= 0.95 and scores["mistake_precision"] >= 0.95
+    assert scores["question_accuracy"] >= 0.90
     live = json.loads((folder / "live.json").read_text(encoding="utf-8"))
     assert live["videos"] >= 16 and live["engine_errors"] == 0
-    assert live["announced_share"] >= 0.96
+    assert live["announced_share"] >= 0.99
     assert live["latency_median_s"] <= 3.0
     assert live["announcements_per_step"] <= 1.2
     assert live["false_warnings_per_10min_clean"] <= 1.0
@@ -72,9 +72,9 @@ def test_shipped_model_on_videos_from_new_seeds(tmp_path: Path) -> None:
     )
     assert not result.failures
     t, q = result.totals, result.question_totals
-    # measured when it shipped: 164 clips, next 89.6%, current 93.3%, mistakes recall 0.83
-    # and precision 0.91 (24 clips show one), questions 90% of 50 (the model before it:
-    # 87.8%, 93.9%, 0.67, 0.94, 90%)
+    # measured when it shipped: 164 clips, next 87.2%, current 93.3%, mistakes recall 0.67
+    # and precision 0.89 (24 clips show one), questions 94% of 50 (the model before it:
+    # 89.6%, 93.3%, 0.83, 0.91, 90%)
     assert t.clips >= 150 and q.questions >= 30
     assert t.parse_rate == 1.0 and t.steps_outside_task == 0
     assert t.current_step_accuracy >= 0.9
