@@ -127,6 +127,13 @@ class TrainSettings(_Section):
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     freeze_vision: bool = True
+    image_pixels: int | None = Field(
+        None,
+        ge=28 * 28,
+        description="Qwen2.5-VL: the frame size budget in pixels the model trains at and is "
+        "saved with (sides rounded to multiples of 28, one LLM token per 28x28 block); "
+        "unset: the base model's own",
+    )
     vision_warmup_epochs: float = Field(
         0.0,
         ge=0,

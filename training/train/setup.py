@@ -66,6 +66,8 @@ def prepare_model(
         else "float32"
     )
     loaded = load_model(settings.model, dtype=dtype, trainable=True, quantization=quantization)
+    if settings.image_pixels is not None:
+        set_image_pixels(loaded, settings.image_pixels)
     model = loaded.model
     if settings.freeze_vision:
         freeze_vision(model, loaded.family)
@@ -82,6 +84,19 @@ def prepare_model(
     return LoadedModel(
         model=model, processor=loaded.processor, family=loaded.family, path=loaded.path
     )
+
+
+def set_image_pixels(loaded: LoadedModel, pixels: int) -> None:
+    """Train (and save) the model at a frame budget of ``pixels``: its processor resizes every
+    frame to at most that many pixels, the vision tower's patch positions scaling with it."""
+    if loaded.family != "qwen2_5_vl":
+        raise TrainError(
+            f"train.image_pixels applies to Qwen2.5-VL models; {loaded.path} is {loaded.family}"
+        )
+    image_processor = loaded.processor.image_processor
+    old = image_processor.size["longest_edge"]
+    image_processor.size = {"longest_edge": pixels, "shortest_edge": min(56 * 56, pixels)}
+    log.info("frame budget %d -> %d pixels", old, pixels)
 
 
 def init_tiny_model(settings: TrainSettings) -> Path:

@@ -132,6 +132,26 @@ def test_saved_checkpoint_gives_identical_logits(
     assert torch.equal(a, b)
 
 
+def test_image_pixels_trains_and_saves_the_model_at_another_frame_size(
+    tmp_path: Path, tiny_base: Path, demo_records: Path
+) -> None:
+    example = load_examples([demo_records])[0]
+    prompt = parse_llava_text(read_records(demo_records)[0].prompt_text)
+
+    def grid(model_dir: Path) -> list[int]:
+        loaded = load_model(model_dir)
+        inputs = encode(loaded, loaded.family, prompt, load_frames(example)).inputs
+        return inputs["image_grid_thw"][0].tolist()
+
+    # 112 x 84 frames in 14-pixel patches; a 56 x 56 budget halves each side, rounded to 28
+    s = settings(tmp_path, tiny_base, demo_records, max_steps=2, image_pixels=56 * 56)
+    result = Trainer(s, progress=False).train()
+    before, after = grid(tiny_base), grid(result.final_dir)
+    assert before[1:] == [6, 8] and after[1:] == [2, 4] and before[0] == after[0]
+    losses = [h["loss"] for h in result.state.history if "loss" in h]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+
+
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_lora_trains_adapters_and_merges_on_save(
     tmp_path: Path, tiny_base: Path, demo_records: Path
@@ -238,6 +258,8 @@ def test_llava_family_trains_with_lora(tmp_path: Path, demo_records: Path) -> No
     losses = [h["loss"] for h in result.state.history if "loss" in h]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert load_model(result.final_dir).family == "llava"
+    with pytest.raises(TrainError, match="image_pixels applies to Qwen"):
+        Trainer(settings(tmp_path, base, demo_records, image_pixels=56 * 56), progress=False)
 
 
 def test_vision_warmup_trains_vision_weights_only_and_is_not_repeated(
