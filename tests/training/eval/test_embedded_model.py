@@ -29,12 +29,12 @@ def test_shipped_model_fits_the_package_and_met_its_targets() -> None:
     assert scores["parse_rate"] == 1.0
     assert scores["steps_outside_task"] == 0
     assert scores["next_step_accuracy"] >= 0.95
-    assert scores["current_step_accuracy"] >= 0.94
+    assert scores["current_step_accuracy"] >= 0.95
     assert scores["mistake_recall"] >= 0.95 and scores["mistake_precision"] >= 0.95
-    assert scores["question_accuracy"] >= 0.90
+    assert scores["question_accuracy"] >= 0.91
     live = json.loads((folder / "live.json").read_text(encoding="utf-8"))
     assert live["videos"] >= 16 and live["engine_errors"] == 0
-    assert live["announced_share"] >= 0.99
+    assert live["announced_share"] == 1.0
     assert live["latency_median_s"] <= 3.0
     assert live["announcements_per_step"] <= 1.2
     assert live["false_warnings_per_10min_clean"] <= 1.0
@@ -42,8 +42,9 @@ def test_shipped_model_fits_the_package_and_met_its_targets() -> None:
 
 # training used seeds 0-249, 200000-200039, 300000-300059 and 20 or 24 from each of 600000,
 # 700000, 800000, 900000, 1000000, 1100000, 1200000, 1300000, 1400000, 1500000, 1600000,
-# 1700000, 1800000, 1900000, 2000000, 2100000, 2200000, 2300000, 2400000, 2500000, 2600000
-# and 2700000
+# 1700000, 1800000, 1900000, 2000000, 2100000, 2200000, 2300000, 2400000, 2500000, 2600000,
+# 2700000, 2800000, 2900000, 3000000 (up to 3000101), 3100000 (up to 3100098), 3200000 and
+# 3300000
 SEEDS = tuple(range(400001, 400007))
 
 
@@ -73,13 +74,13 @@ def test_shipped_model_on_videos_from_new_seeds(tmp_path: Path) -> None:
     )
     assert not result.failures
     t, q = result.totals, result.question_totals
-    # measured when it shipped: 164 clips, next 87.2%, current 93.3%, mistakes recall 0.67
-    # and precision 0.89 (24 clips show one), questions 94% of 50 (the model before it:
-    # 89.6%, 93.3%, 0.83, 0.91, 90%)
+    # measured when it shipped: 164 clips, next 93.9%, current 96.3%, mistakes recall 1.0
+    # and precision 0.92 (24 clips show one), questions 94% of 50 (the model before it:
+    # 87.2%, 93.3%, 0.67, 0.89, 94%)
     assert t.clips >= 150 and q.questions >= 30
     assert t.parse_rate == 1.0 and t.steps_outside_task == 0
     assert t.current_step_accuracy >= 0.9
-    assert t.next_step_accuracy >= 0.85
-    assert t.mistake_recall is not None and t.mistake_recall >= 0.5
+    assert t.next_step_accuracy >= 0.9
+    assert t.mistake_recall is not None and t.mistake_recall >= 0.8
     assert t.mistake_precision is not None and t.mistake_precision >= 0.8
     assert q.question_accuracy is not None and q.question_accuracy >= 0.7
