@@ -157,6 +157,12 @@ def train_tokenizer(
     return fast
 
 
+def qwen2_5_vl_frame_size(image_pixels: int) -> dict[str, int]:
+    """The Qwen2.5-VL image processor's ``size`` for a frame budget of ``image_pixels``: frames
+    are resized to at most that many pixels and at least 56x56 (or the budget, if smaller)."""
+    return {"longest_edge": image_pixels, "shortest_edge": min(56 * 56, image_pixels)}
+
+
 def build_qwen2_5_vl_processor(tokenizer: Any, image_pixels: int | None = 112 * 112) -> Any:
     """A Qwen2.5-VL processor (PIL image backend) for ``tokenizer``.
 
@@ -167,9 +173,7 @@ def build_qwen2_5_vl_processor(tokenizer: Any, image_pixels: int | None = 112 * 
     if image_pixels is None:
         image_processor = Qwen2VLImageProcessorPil()
     else:
-        image_processor = Qwen2VLImageProcessorPil(
-            min_pixels=min(56 * 56, image_pixels), max_pixels=image_pixels
-        )
+        image_processor = Qwen2VLImageProcessorPil(size=qwen2_5_vl_frame_size(image_pixels))
     return ImageQwen2_5_VLProcessor(
         image_processor, tokenizer, chat_template=tokenizer.chat_template
     )

@@ -14,7 +14,13 @@ from lavia_live.contract.prompt import IMAGE_TAG
 from lavia_live.contract.records import iter_records
 from lavia_live.contract.tasks import TaskLibrary
 from lavia_live.errors import LaviaError
-from lavia_live.models.families import LoadedModel, freeze_vision, load_model, lora_target_modules
+from lavia_live.models.families import (
+    LoadedModel,
+    detect_family,
+    freeze_vision,
+    load_model,
+    lora_target_modules,
+)
 from training.config import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -65,6 +71,12 @@ def prepare_model(
         if settings.method != "full" and resolve_precision(settings) == "bf16"
         else "float32"
     )
+    if settings.image_pixels is not None:
+        family = detect_family(settings.model)
+        if family != "qwen2_5_vl":
+            raise TrainError(
+                f"train.image_pixels applies to Qwen2.5-VL models; {settings.model} is {family}"
+            )
     loaded = load_model(settings.model, dtype=dtype, trainable=True, quantization=quantization)
     if settings.image_pixels is not None:
         set_image_pixels(loaded, settings.image_pixels)
@@ -88,14 +100,13 @@ def prepare_model(
 
 def set_image_pixels(loaded: LoadedModel, pixels: int) -> None:
     """Train (and save) the model at a frame budget of ``pixels``: its processor resizes every
-    frame to at most that many pixels, the vision tower's patch positions scaling with it."""
-    if loaded.family != "qwen2_5_vl":
-        raise TrainError(
-            f"train.image_pixels applies to Qwen2.5-VL models; {loaded.path} is {loaded.family}"
-        )
+    frame to at most that many pixels, the vision tower's patch positions scaling with it.
+    The model must be a Qwen2.5-VL (``prepare_model`` checks that before loading it)."""
+    from training.models.tiny import qwen2_5_vl_frame_size
+
     image_processor = loaded.processor.image_processor
     old = image_processor.size["longest_edge"]
-    image_processor.size = {"longest_edge": pixels, "shortest_edge": min(56 * 56, pixels)}
+    image_processor.size = qwen2_5_vl_frame_size(pixels)
     log.info("frame budget %d -> %d pixels", old, pixels)
 
 
