@@ -66,6 +66,12 @@ class EncodingError(LaviaError):
     """A prompt cannot be encoded (wrong frame count, a chat template that breaks the prefix)."""
 
 
+def qwen2_5_vl_frame_size(image_pixels: int) -> dict[str, int]:
+    """The Qwen2.5-VL image processor's ``size`` for a frame budget of ``image_pixels``: frames
+    are resized to at most that many pixels and at least 56x56 (or the budget, if smaller)."""
+    return {"longest_edge": image_pixels, "shortest_edge": min(56 * 56, image_pixels)}
+
+
 class ImageQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
     """``Qwen2_5_VLProcessor`` without the video processor (which needs torchvision).
 

@@ -34,7 +34,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from lavia_live.contract.guidance import TASK_COMPLETE, Guidance
 from lavia_live.contract.prompt import TextPart, build_guidance_prompt, build_question_prompt
 from lavia_live.contract.tasks import TaskContext
-from lavia_live.models.families import ImageQwen2_5_VLProcessor
+from lavia_live.models.families import ImageQwen2_5_VLProcessor, qwen2_5_vl_frame_size
 
 # Qwen2's pre-tokenizer split (GPT-4-like, single digits), before byte-level mapping.
 _SPLIT = (
@@ -155,12 +155,6 @@ def train_tokenizer(
         model_max_length=32768,
     )
     return fast
-
-
-def qwen2_5_vl_frame_size(image_pixels: int) -> dict[str, int]:
-    """The Qwen2.5-VL image processor's ``size`` for a frame budget of ``image_pixels``: frames
-    are resized to at most that many pixels and at least 56x56 (or the budget, if smaller)."""
-    return {"longest_edge": image_pixels, "shortest_edge": min(56 * 56, image_pixels)}
 
 
 def build_qwen2_5_vl_processor(tokenizer: Any, image_pixels: int | None = 112 * 112) -> Any:

@@ -20,6 +20,7 @@ from lavia_live.models.families import (
     freeze_vision,
     load_model,
     lora_target_modules,
+    qwen2_5_vl_frame_size,
 )
 from training.config import TrainSettings
 
@@ -102,8 +103,6 @@ def set_image_pixels(loaded: LoadedModel, pixels: int) -> None:
     """Train (and save) the model at a frame budget of ``pixels``: its processor resizes every
     frame to at most that many pixels, the vision tower's patch positions scaling with it.
     The model must be a Qwen2.5-VL (``prepare_model`` checks that before loading it)."""
-    from training.models.tiny import qwen2_5_vl_frame_size
-
     image_processor = loaded.processor.image_processor
     old = image_processor.size["longest_edge"]
     image_processor.size = qwen2_5_vl_frame_size(pixels)
