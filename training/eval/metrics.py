@@ -11,6 +11,9 @@ reference text by fuzzy token-set similarity (>= 85).
 
 Accuracy is also broken down by clip length (:data:`CLIP_BUCKETS`, frames per clip): a
 live session's first clips are short, and a model may be good only on full 15-frame clips.
+And, where the clips come from demo videos with their ground truth, by how far into its
+step the clip ends (:data:`STEP_TIME_BUCKETS`): a clip that ends just after a step change
+shows the new step in its last frames only, and that is where a live assistant is late.
 
 Question answers. A question record lists ``facts`` (a step's text, a count, a tool) that a
 correct answer contains, every one of them: case and spacing aside, a fact's final period
@@ -22,7 +25,7 @@ from __future__ import annotations
 import re
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rapidfuzz import fuzz
@@ -41,6 +44,14 @@ CLIP_BUCKETS: tuple[tuple[str, int, int], ...] = (
     ("15", 15, 15),
 )
 """Clip-length buckets: name, fewest and most frames (inclusive)."""
+
+STEP_TIME_BUCKETS: tuple[tuple[str, float, float], ...] = (
+    ("0-2 s", 0.0, 2.0),
+    ("2-4 s", 2.0, 4.0),
+    ("4 s or more", 4.0, float("inf")),
+)
+"""Buckets of the time from the start of a clip's current step (its ground truth) to the
+clip's last frame: name, from (inclusive), to (exclusive)."""
 
 
 def same_step(predicted: str | None, reference: str, steps: Sequence[str]) -> bool:
@@ -70,6 +81,14 @@ def clip_bucket(frames: int | None) -> str | None:
     return next((name for name, lo, hi in CLIP_BUCKETS if lo <= frames <= hi), None)
 
 
+def step_time_bucket(into_step_s: float | None) -> str | None:
+    """The :data:`STEP_TIME_BUCKETS` name for a clip ending ``into_step_s`` seconds after
+    its current step began; None when that is unknown."""
+    if into_step_s is None:
+        return None
+    return next((name for name, lo, hi in STEP_TIME_BUCKETS if lo <= into_step_s < hi), None)
+
+
 @dataclass(frozen=True)
 class ClipScore:
     record_id: str
@@ -84,6 +103,7 @@ class ClipScore:
     outside_task: bool  # the answer names a step that is not one of the task's
     answer: str
     frames: int | None = None  # frames in the clip
+    into_step_s: float | None = None  # from its current step's start to its last frame
 
 
 def score(
@@ -96,6 +116,7 @@ def score(
     latency_s: float,
     *,
     frames: int | None = None,
+    into_step_s: float | None = None,
 ) -> ClipScore:
     outside = names_step_outside_task(parsed, steps)
     predicted_label = UNPARSED
@@ -116,6 +137,7 @@ def score(
         outside_task=outside,
         answer=parsed.raw,
         frames=frames,
+        into_step_s=into_step_s,
     )
 
 
@@ -138,6 +160,8 @@ class Totals:
     by_clip_length: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
     next_step_accuracy_worst_bucket: float | None = None
     next_step_worst_bucket: str | None = None  # the bucket's name
+    # STEP_TIME_BUCKETS name -> the same; empty when no clip's step start is known
+    by_time_into_step: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
     confusion: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -145,17 +169,35 @@ def _share(flags: Sequence[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
-def by_clip_length(scores: Sequence[ClipScore]) -> dict[str, dict[str, float | int | None]]:
-    """Current- and next-step accuracy per :data:`CLIP_BUCKETS` bucket (None: no clips)."""
+def _by_bucket(
+    scores: Sequence[ClipScore], names: Sequence[str], bucket: Callable[[ClipScore], str | None]
+) -> dict[str, dict[str, float | int | None]]:
     rows: dict[str, dict[str, float | int | None]] = {}
-    for name, _, _ in CLIP_BUCKETS:
-        members = [s for s in scores if clip_bucket(s.frames) == name]
+    for name in names:
+        members = [s for s in scores if bucket(s) == name]
         rows[name] = {
             "clips": len(members),
             "current_step_accuracy": _share([s.current_ok for s in members]),
             "next_step_accuracy": _share([s.next_ok for s in members]),
         }
     return rows
+
+
+def by_clip_length(scores: Sequence[ClipScore]) -> dict[str, dict[str, float | int | None]]:
+    """Current- and next-step accuracy per :data:`CLIP_BUCKETS` bucket (None: no clips)."""
+    return _by_bucket(scores, [b[0] for b in CLIP_BUCKETS], lambda s: clip_bucket(s.frames))
+
+
+def by_time_into_step(
+    scores: Sequence[ClipScore],
+) -> dict[str, dict[str, float | int | None]]:
+    """Current- and next-step accuracy per :data:`STEP_TIME_BUCKETS` bucket, over the clips
+    whose step start is known; empty when none is."""
+    if all(s.into_step_s is None for s in scores):
+        return {}
+    return _by_bucket(
+        scores, [b[0] for b in STEP_TIME_BUCKETS], lambda s: step_time_bucket(s.into_step_s)
+    )
 
 
 def totals(scores: Sequence[ClipScore]) -> Totals:
@@ -187,6 +229,7 @@ def totals(scores: Sequence[ClipScore]) -> Totals:
         by_clip_length=buckets,
         next_step_accuracy_worst_bucket=None if worst[1] is None else float(worst[1]),
         next_step_worst_bucket=worst[0],
+        by_time_into_step=by_time_into_step(scores),
         confusion={k: dict(v) for k, v in confusion.items()},
     )
 

@@ -72,18 +72,26 @@ def _guidance_lines(result: EvalResult) -> list[str]:
         "| frames | clips | next-step | current-step |",
         "|---|---|---|---|",
     ]
-    for name, row in t.by_clip_length.items():
-        nxt, cur = row["next_step_accuracy"], row["current_step_accuracy"]
-        lines.append(
-            f"| {name} | {row['clips']} | {_pct(None if nxt is None else float(nxt))} | "
-            f"{_pct(None if cur is None else float(cur))} |"
-        )
+    lines += _bucket_rows(t.by_clip_length)
     lines += [
         "",
         f"Worst next-step accuracy: {_pct(t.next_step_accuracy_worst_bucket)} "
         f"({t.next_step_worst_bucket or 'n/a'} frames).",
         "",
     ]
+    if t.by_time_into_step:
+        lines += [
+            "## By time into the step",
+            "",
+            "From the start of the clip's current step (the demo video's ground truth) to "
+            "the clip's last frame: just after a step change, only the last frames show "
+            "the new step.",
+            "",
+            "| into the step | clips | next-step | current-step |",
+            "|---|---|---|---|",
+            *_bucket_rows(t.by_time_into_step),
+            "",
+        ]
     if t.confusion:
         lines += ["![current-step confusion](confusion.png)", ""]
     wrong = [s for s in result.scores if not (s.current_ok and s.next_ok)][:10]
@@ -96,6 +104,17 @@ def _guidance_lines(result: EvalResult) -> list[str]:
         ]
         lines.append("")
     return lines
+
+
+def _bucket_rows(rows: dict[str, dict[str, float | int | None]]) -> list[str]:
+    out = []
+    for name, row in rows.items():
+        nxt, cur = row["next_step_accuracy"], row["current_step_accuracy"]
+        out.append(
+            f"| {name} | {row['clips']} | {_pct(None if nxt is None else float(nxt))} | "
+            f"{_pct(None if cur is None else float(cur))} |"
+        )
+    return out
 
 
 def _question_lines(result: EvalResult) -> list[str]:

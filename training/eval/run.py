@@ -4,7 +4,9 @@ The model is a local checkpoint folder or any OpenAI-compatible endpoint, so GPT
 fine-tuned model are compared on the same clips with the same prompts (each record's own
 prompt, rebuilt by the shared prompt builder's parser). Guidance records (with an
 ``annotation``) are scored as guidance; question records (with a ``question``) are asked
-as questions and scored by the facts their answer states, separately.
+as questions and scored by the facts their answer states, separately. A guidance record
+whose source video is a demo video with its ground truth beside it also gets how far into
+its step the clip ends, for the accuracy by time into the step.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from lavia_live.contract.records import InstructionRecord, iter_records
 from lavia_live.contract.tasks import TaskLibrary
 from lavia_live.engines.base import Engine, EngineError, GenerationOptions, complete
 from lavia_live.errors import RecordError
+from training.data.manifest import VideoItem
+from training.data.oracle import load_truth
+from training.demo.render import DemoTruth
 from training.eval.metrics import (
     ClipScore,
     QuestionScore,
@@ -52,6 +57,23 @@ def _steps(record: InstructionRecord, library: TaskLibrary) -> tuple[str, ...]:
     return ()
 
 
+def _into_step(record: InstructionRecord, truths: dict[str, DemoTruth | None]) -> float | None:
+    """Seconds from the start of the step in progress at the clip's last frame to that frame,
+    when the record's video has a ground truth beside it (None otherwise). ``truths`` caches
+    each video's truth (or its absence)."""
+    video = record.source_video
+    if video is None or not record.frame_timestamps:
+        return None
+    if video not in truths:
+        item = VideoItem(Path(video))
+        truths[video] = load_truth(item.path) if item.truth_path.is_file() else None
+    truth = truths[video]
+    if truth is None:
+        return None
+    frame = truth.frame_at(record.frame_timestamps[-1])
+    return (frame - truth.spans[truth.span_index_at(frame)].start_frame) / truth.fps
+
+
 async def evaluate(
     engine: Engine,
     data: Sequence[str | Path],
@@ -76,6 +98,10 @@ async def evaluate(
     if not records:
         raise RecordError(f"no guidance or question records in {', '.join(map(str, data))}")
     records = records[:limit] if limit else records
+    truths: dict[str, DemoTruth | None] = {}
+    into_step = {
+        i: _into_step(r, truths) for i, (r, _) in enumerate(records) if r.annotation is not None
+    }
     scores: dict[int, ClipScore] = {}
     questions: dict[int, QuestionScore] = {}
     failures: list[str] = []
@@ -119,6 +145,7 @@ async def evaluate(
             scores[i] = score(
                 record.id, parse_guidance(answer), ref.current_step, ref.next_step, ref.warning,
                 _steps(record, library), latency, frames=len(record.image),
+                into_step_s=into_step[i],
             )  # fmt: skip
         bar.update()
 

@@ -72,11 +72,28 @@ def test_endpoint_eval_counts_exactly(demo_records: Path, tmp_path: Path) -> Non
     assert result.totals.parse_rate == pytest.approx(even / len(records))
     assert result.totals.next_step_accuracy == pytest.approx(even / len(records))
     assert result.totals.current_step_accuracy == pytest.approx(even / len(records))
+    # by time into the step, from the demo video's truth file read here on its own
+    expected: dict[str, list[bool]] = {}
+    for i, r in enumerate(records):
+        assert r.source_video and r.frame_timestamps
+        truth = json.loads(Path(r.source_video.replace(".mp4", ".truth.json")).read_text())
+        frame = round(r.frame_timestamps[-1] * truth["fps"])
+        start = max(s["start_frame"] for s in truth["spans"] if s["start_frame"] <= frame)
+        into = (frame - start) / truth["fps"]
+        name = "0-2 s" if into < 2 else "2-4 s" if into < 4 else "4 s or more"
+        expected.setdefault(name, []).append(i % 2 == 0)
+    by_time = result.totals.by_time_into_step
+    assert {k: v["clips"] for k, v in by_time.items() if v["clips"]} == {
+        k: len(v) for k, v in expected.items()
+    }
+    for name, right in expected.items():
+        assert by_time[name]["current_step_accuracy"] == pytest.approx(sum(right) / len(right))
     summary = write_report(result, tmp_path / "eval")
     assert summary["clips"] == len(records)
     assert (tmp_path / "eval" / "confusion.png").stat().st_size > 1000
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "next-step accuracy" in report and "confusion.png" in report
+    assert "## By time into the step" in report and summary["by_time_into_step"] == by_time
     assert len((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()) == len(records)
 
 

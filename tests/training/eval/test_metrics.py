@@ -1,5 +1,5 @@
-"""The scoring rules on hand-made answers: strict step names, clip-length buckets, and
-question answers checked against their facts."""
+"""The scoring rules on hand-made answers: strict step names, clip-length buckets, time
+into the step, and question answers checked against their facts."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from training.eval.metrics import (
     question_totals,
     score,
     score_question,
+    step_time_bucket,
     totals,
 )
 
@@ -94,6 +95,28 @@ def test_clip_length_buckets_and_the_worst_one() -> None:
     assert t.by_clip_length["15"]["next_step_accuracy"] == 1.0
     assert t.next_step_accuracy_worst_bucket == 0.5
     assert t.next_step_worst_bucket == "1-3"  # the first of the tied worst, shortest first
+
+
+def test_time_into_the_step_buckets() -> None:
+    assert [step_time_bucket(s) for s in (0.0, 1.99, 2.0, 3.9, 4.0, 60.0)] == [
+        "0-2 s", "0-2 s", "2-4 s", "2-4 s", "4 s or more", "4 s or more",
+    ]  # fmt: skip
+    assert step_time_bucket(None) is None and step_time_bucket(-0.5) is None
+    good = _answer(STEPS[5], STEPS[6])
+    late = _answer(STEPS[4], STEPS[5])  # still the step before: a change not yet seen
+    scores = [
+        score("a", late, STEPS[5], STEPS[6], None, STEPS, 0.1, into_step_s=0.2),
+        score("b", good, STEPS[5], STEPS[6], None, STEPS, 0.1, into_step_s=1.5),
+        score("c", good, STEPS[5], STEPS[6], None, STEPS, 0.1, into_step_s=6.0),
+        score("d", late, STEPS[5], STEPS[6], None, STEPS, 0.1),  # no ground truth: left out
+    ]
+    t = totals(scores)
+    assert t.by_time_into_step["0-2 s"] == {
+        "clips": 2, "current_step_accuracy": 0.5, "next_step_accuracy": 0.5,
+    }  # fmt: skip
+    assert t.by_time_into_step["2-4 s"]["clips"] == 0
+    assert t.by_time_into_step["4 s or more"]["current_step_accuracy"] == 1.0
+    assert totals(scores[3:]).by_time_into_step == {}  # none known: no breakdown
 
 
 def test_no_guidance_clips_leave_the_accuracies_unset() -> None:
