@@ -15,6 +15,13 @@ from pathlib import Path
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".mpg", ".mpeg"})
 TRUTH_SUFFIX = ".truth.json"  # ground truth beside a rendered demo video
+
+
+def truth_path(video: Path) -> Path:
+    """Where the ground truth of a rendered demo video lies: beside it, same stem."""
+    return video.with_name(video.stem + TRUTH_SUFFIX)
+
+
 MANIFEST_SUFFIXES = frozenset({".jsonl"})
 
 
@@ -27,7 +34,7 @@ class VideoItem:
 
     @property
     def truth_path(self) -> Path:
-        return self.path.with_name(self.path.name.rsplit(".", 1)[0] + TRUTH_SUFFIX)
+        return truth_path(self.path)
 
 
 @dataclass(frozen=True)

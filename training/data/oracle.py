@@ -22,7 +22,7 @@ from lavia_live.contract.guidance import TASK_COMPLETE, Guidance
 from lavia_live.contract.prompt import HISTORY_LINES, history_line
 from lavia_live.contract.tasks import TaskContext
 from training.data.annotate import AnnotationError, AnnotationRequest, AnnotationResult
-from training.data.manifest import TRUTH_SUFFIX
+from training.data.manifest import truth_path
 from training.demo.questions import DemoQuestion, demo_questions
 from training.demo.render import DemoTruth
 
@@ -30,7 +30,7 @@ _ANNOUNCED_AFTER_S = 2.0
 
 
 def load_truth(video: Path) -> DemoTruth:
-    path = video.with_name(video.name.rsplit(".", 1)[0] + TRUTH_SUFFIX)
+    path = truth_path(video)
     try:
         return DemoTruth.from_json(json.loads(path.read_text(encoding="utf-8")))
     except OSError as exc:

@@ -35,7 +35,7 @@ from lavia_live.contract.tasks import TaskLibrary
 from lavia_live.engines.base import Engine
 from lavia_live.errors import LaviaError
 from lavia_live.watch import watch_source
-from training.data.manifest import TRUTH_SUFFIX
+from training.data.manifest import truth_path
 from training.demo.render import DemoTruth
 
 log = logging.getLogger(__name__)
@@ -320,13 +320,13 @@ def find_videos(paths: Sequence[str | Path]) -> list[tuple[Path, DemoTruth]]:
         raise LiveEvalError(f"no demo_*.mp4 videos in {', '.join(map(str, paths))}")
     out = []
     for video in found:
-        truth_path = video.with_name(video.stem + TRUTH_SUFFIX)
+        path = truth_path(video)
         try:
-            truth = DemoTruth.from_json(json.loads(truth_path.read_text(encoding="utf-8")))
+            truth = DemoTruth.from_json(json.loads(path.read_text(encoding="utf-8")))
         except FileNotFoundError as exc:
-            raise LiveEvalError(f"{video}: no truth file {truth_path.name} beside it") from exc
+            raise LiveEvalError(f"{video}: no truth file {path.name} beside it") from exc
         except (OSError, ValueError) as exc:
-            raise LiveEvalError(f"{truth_path}: cannot read the truth: {exc}") from exc
+            raise LiveEvalError(f"{path}: cannot read the truth: {exc}") from exc
         out.append((video, truth))
     return out
 

@@ -25,7 +25,7 @@ from lavia_live.contract.records import InstructionRecord, iter_records
 from lavia_live.contract.tasks import TaskLibrary
 from lavia_live.engines.base import Engine, EngineError, GenerationOptions, complete
 from lavia_live.errors import RecordError
-from training.data.manifest import VideoItem
+from training.data.manifest import truth_path
 from training.data.oracle import load_truth
 from training.demo.render import DemoTruth
 from training.eval.metrics import (
@@ -65,8 +65,8 @@ def _into_step(record: InstructionRecord, truths: dict[str, DemoTruth | None]) -
     if video is None or not record.frame_timestamps:
         return None
     if video not in truths:
-        item = VideoItem(Path(video))
-        truths[video] = load_truth(item.path) if item.truth_path.is_file() else None
+        path = Path(video)
+        truths[video] = load_truth(path) if truth_path(path).is_file() else None
     truth = truths[video]
     if truth is None:
         return None
