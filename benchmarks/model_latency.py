@@ -1,6 +1,7 @@
 """Per-clip latency of an in-process model, by guidance decoding: free, held to the task's
 steps (greedy), held to the steps with beam search, and held to the steps without the
-per-frame vision cache, without prefix reuse, and without either. Prints a markdown table.
+per-frame vision cache, without prefix reuse, without either, and without the model's step
+classifier (where it has one). Prints a markdown table.
 
     python benchmarks/model_latency.py [--model embedded] [--clips 30] [--beams 4]
 
@@ -11,7 +12,8 @@ torch's threads on every core, each decoding in turn on the same clip so that th
 noise is shared; ratios are against free decoding. Unless a row says otherwise, an engine
 keeps each frame's vision features while the frame stays in the window
 (``engine.vision_cache``) and the task's fixed prompt text encoded (``engine.prefix_cache``;
-beams encode the whole prompt).
+beams encode the whole prompt) and, where the model has a step classifier, writes the
+current step from it.
 Target for the embedded model: p50 ≤ 0.3 s per clip on 2 cores.
 """
 
@@ -60,6 +62,10 @@ async def measure(model: str, beams: int, count: int) -> dict[str, list[float]]:
         "steps, greedy, no prefix reuse": LocalEngine(model_folder(model), prefix_cache=0),
         "steps, greedy, neither": LocalEngine(model_folder(model), vision_cache=0, prefix_cache=0),
     }
+    unread = LocalEngine(model_folder(model))
+    if unread.step_classifier is not None:
+        unread.step_classifier = None
+        engines["steps, greedy, no step classifier"] = unread
     times: dict[str, list[float]] = {name: [] for name in engines}
     options = GenerationOptions(max_tokens=96)
     with tempfile.TemporaryDirectory() as tmp:

@@ -141,7 +141,17 @@ class TrainSettings(_Section):
         "for the trainable vision weights (0: off; for models trained from scratch)",
     )
     vision_warmup_lr: float = Field(1e-3, gt=0)
-    vision_warmup_batch: int = Field(32, ge=1, description="frames per warm-up step")
+    vision_warmup_batch: int = Field(
+        32, ge=1, description="frames per warm-up step (and per step classifier step)"
+    )
+    step_classifier_epochs: float = Field(
+        0.0,
+        ge=0,
+        description="after training (Qwen2.5-VL), epochs of a step classifier saved with the "
+        "model: a copy of its vision tower that names each clip's current step from its last "
+        "frame; the local engine writes the current step from it (0: none)",
+    )
+    step_classifier_lr: float = Field(1e-3, gt=0)
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; wins over epochs")
     stop_after: int | None = Field(

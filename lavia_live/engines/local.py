@@ -46,6 +46,7 @@ from lavia_live.models.families import (
     load_model,
     serving_dtype,
 )
+from lavia_live.models.step_classifier import StepClassifier
 
 _DONE = object()
 _STEP_LINES_CACHE = 32  # tasks whose step lines are kept
@@ -164,6 +165,13 @@ class LocalEngine:
         self.steps_only = steps_only
         self.beams = beams
         self._step_lines: dict[tuple[str, ...], StepLines] = {}
+        # The current step read from the newest frame, where the model folder has a step
+        # classifier (lavia_live.models.step_classifier); the model writes the rest.
+        try:
+            self.step_classifier = StepClassifier.load(self.loaded) if steps_only else None
+        except LaviaError as exc:
+            raise EngineError(str(exc)) from exc
+        self._read_lines: dict[tuple[tuple[str, ...], str], StepLines] = {}
         self._step_slots: dict[tuple[str, ...], StepSlots] = {}
         self._lock = asyncio.Lock()
         # Each frame's vision features, reused while it stays in a session's window (up to
@@ -196,6 +204,23 @@ class LocalEngine:
         if not self.steps_only or prompt.kind != "guidance":
             return None
         return self._for_task(self._step_lines, StepLines, prompt.task_steps())
+
+    def _held(self, prompt: Prompt, frames_jpeg: Sequence[bytes], lines: StepLines) -> StepLines:
+        """``lines`` held to the current step the step classifier reads from the newest
+        frame; ``lines`` as they are without a classifier, a frame, or a sure answer that is
+        one of the task's steps (blocking: runs the classifier)."""
+        if self.step_classifier is None or not frames_jpeg:
+            return lines
+        steps = prompt.task_steps()
+        step = self.step_classifier.read(decode_frames(frames_jpeg[-1:])[0])
+        if step is None or step not in steps:
+            return lines
+        key = (steps, step)
+        if key not in self._read_lines:
+            if len(self._read_lines) >= _STEP_LINES_CACHE:
+                self._read_lines.pop(next(iter(self._read_lines)))
+            self._read_lines[key] = StepLines(self.loaded.processor.tokenizer, steps, step)
+        return self._read_lines[key]
 
     def _slots(self, prompt: Prompt) -> StepSlots | None:
         """The step slots a question's answer is held to; None: unconstrained."""
@@ -280,7 +305,9 @@ class LocalEngine:
             if self.vision_cache is not None
             else []
         )
-        processor = StepLinesProcessor([r.lines for r in requests], prompt_length)
+        processor = StepLinesProcessor(
+            [self._held(r.prompt, r.frames, r.lines) for r in requests], prompt_length
+        )
         try:
             out = self._generate(
                 frame_keys=keys,
@@ -319,7 +346,7 @@ class LocalEngine:
         if self.beams > 1:
             kwargs["num_beams"] = self.beams
         prompt_length = int(kwargs["input_ids"].shape[1])
-        processor = StepLinesProcessor(lines, prompt_length)
+        processor = StepLinesProcessor(self._held(prompt, frames_jpeg, lines), prompt_length)
         try:
             out = self._generate(logits_processor=LogitsProcessorList([processor]), **kwargs)
         except Exception as exc:  # torch's OOM included; named for the caller

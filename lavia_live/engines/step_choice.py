@@ -10,6 +10,10 @@ by the likelihood of the whole line, not of its first token alone.
 :class:`StepLines` holds the allowed token sequences of one task as a trie;
 :class:`StepLinesProcessor` is the ``transformers`` logits processor that applies it.
 
+Where the model has a step classifier (:mod:`lavia_live.models.step_classifier`), the
+engine holds ``Current step:`` to the step it reads from the newest frame, and the model
+chooses the next step and writes the warning after it.
+
 Answers to questions are free text, but where one names a step after one of the contract's
 labels ("You are on: <step>", "Next: <step>"), :class:`StepSlots` holds the text after the
 label to the task's steps (after ``Next:``, or the task being complete), so an answer
@@ -30,16 +34,19 @@ _WARNING_LABEL = "\nWarning:"
 
 
 class StepLines:
-    """Token sequences of the answer up to ``Warning:`` for every (current, next) pair."""
+    """Token sequences of the answer up to ``Warning:`` for every (current, next) pair; with
+    ``current`` (one of the steps, read by a step classifier), for that current step only."""
 
-    def __init__(self, tokenizer: Any, steps: Sequence[str]) -> None:
+    def __init__(self, tokenizer: Any, steps: Sequence[str], current: str | None = None) -> None:
         if not steps:
             raise ValueError("no steps to choose from")
+        if current is not None and current not in steps:
+            raise ValueError(f"current step {current!r} is not one of the steps")
         self._next: dict[tuple[int, ...], set[int]] = {}
         self.longest = 0
-        for current in steps:
+        for now in steps if current is None else (current,):
             for following in (*steps, TASK_COMPLETE):
-                text = Guidance(current, following).to_text()
+                text = Guidance(now, following).to_text()
                 head = text[: text.index(_WARNING_LABEL) + len(_WARNING_LABEL)]
                 ids = tokenizer(head, add_special_tokens=False)["input_ids"]
                 whole = tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -232,7 +232,12 @@ class Trainer:
         bar.close()
         if self.val_set is not None:
             self._log({"step": self.state.step, "val_loss": self.validate()}, None)
-        return TrainResult(self.save_final(), self.state)
+        final = self.save_final()
+        if s.step_classifier_epochs > 0 and self.accelerator.is_main_process:
+            from training.train.step_classifier import train_step_classifier
+
+            train_step_classifier(final, s, progress=self.progress)
+        return TrainResult(final, self.state)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The model's own loss, or with ``first_token_weight`` the same token-mean cross

@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -101,47 +102,27 @@ def warm_up_vision(
         params + list(head.parameters()), lr=settings.vision_warmup_lr, weight_decay=0.01
     )
     batch = settings.vision_warmup_batch
-    steps_per_epoch = -(-len(train) // batch)
-    total = max(1, round(steps_per_epoch * settings.vision_warmup_epochs))
-    rng = random.Random(settings.seed)
     started = time.perf_counter()
-    bar = tqdm(
-        total=total,
-        desc="vision warm-up",
-        unit="step",
-        disable=None if progress is None else not progress,
-        dynamic_ncols=True,
-    )
     model.train()
-    step = 0
-    correct = seen = 0
-    while step < total:
-        order = list(range(len(train)))
-        rng.shuffle(order)
-        correct = seen = 0  # training accuracy of the last (possibly partial) epoch
-        for start in range(0, len(order), batch):
-            items = [train[i] for i in order[start : start + batch]]
-            target = torch.tensor([index[label] for _, label in items], device=head.weight.device)
-            logits = head(_features(loaded, [path for path, _ in items]))
-            loss = torch.nn.functional.cross_entropy(logits, target)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
-            correct += int((logits.argmax(-1) == target).sum())
-            seen += len(items)
-            step += 1
-            bar.update()
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            if step >= total:
-                break
-    bar.close()
+    train_accuracy = fit_frames(
+        train,
+        index,
+        lambda paths: head(_features(loaded, paths)),
+        optimizer,
+        params,
+        epochs=settings.vision_warmup_epochs,
+        batch=batch,
+        seed=settings.seed,
+        max_grad_norm=settings.max_grad_norm,
+        desc="vision warm-up",
+        progress=progress,
+    )
     val_accuracy = _accuracy(loaded, head, val, index, batch) if val else None
     report = WarmupReport(
         frames=len(train),
         classes=classes,
         epochs=settings.vision_warmup_epochs,
-        train_accuracy=correct / max(seen, 1),
+        train_accuracy=train_accuracy,
         val_frames=len(val),
         val_accuracy=val_accuracy,
         elapsed_s=time.perf_counter() - started,
@@ -151,13 +132,70 @@ def warm_up_vision(
     atomic_write_bytes(out / WEIGHTS_FILE, save(weights))
     atomic_write_json(out / REPORT_FILE, asdict(report))
     log.info(
-        "vision warm-up: %d frames, %d steps, train accuracy %.3f, val accuracy %s",
+        "vision warm-up: %d frames, %s epochs, train accuracy %.3f, val accuracy %s",
         report.frames,
-        total,
+        report.epochs,
         report.train_accuracy,
         "-" if val_accuracy is None else f"{val_accuracy:.3f}",
     )
     return report
+
+
+def fit_frames(
+    frames: list[tuple[Path, str]],
+    index: dict[str, int],
+    logits_of: Callable[[list[Path]], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    clipped: list[torch.nn.Parameter],
+    *,
+    epochs: float,
+    batch: int,
+    seed: int,
+    max_grad_norm: float,
+    desc: str,
+    progress: bool | None,
+    schedule: Callable[[int], Any] | None = None,
+) -> float:
+    """Train a frame classifier (``logits_of(paths)``, one row per frame) on ``frames`` with
+    cross-entropy: ``epochs`` passes in batches of ``batch``, shuffled by ``seed``, gradients
+    of ``clipped`` clipped to ``max_grad_norm``; ``schedule(total_steps)`` makes a learning-rate
+    scheduler stepped after each step. Returns the training accuracy of the last (possibly
+    partial) epoch."""
+    total = max(1, round(-(-len(frames) // batch) * epochs))
+    scheduler = schedule(total) if schedule is not None else None
+    rng = random.Random(seed)
+    bar = tqdm(
+        total=total,
+        desc=desc,
+        unit="step",
+        disable=None if progress is None else not progress,
+        dynamic_ncols=True,
+    )
+    step = correct = seen = 0
+    while step < total:
+        order = list(range(len(frames)))
+        rng.shuffle(order)
+        correct = seen = 0
+        for start in range(0, len(order), batch):
+            items = [frames[i] for i in order[start : start + batch]]
+            logits = logits_of([path for path, _ in items])
+            target = torch.tensor([index[label] for _, label in items], device=logits.device)
+            loss = torch.nn.functional.cross_entropy(logits, target)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(clipped, max_grad_norm)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            correct += int((logits.argmax(-1) == target).sum())
+            seen += len(items)
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            if step >= total:
+                break
+    bar.close()
+    return correct / max(seen, 1)
 
 
 def _features(loaded: LoadedModel, paths: list[Path]) -> torch.Tensor:

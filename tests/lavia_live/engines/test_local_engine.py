@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from lavia_live.contract.guidance import CURRENT_LABEL, TASK_COMPLETE, parse_guidance
 from lavia_live.contract.prompt import build_guidance_prompt, build_question_prompt
@@ -18,7 +20,8 @@ from lavia_live.contract.tasks import TaskContext
 from lavia_live.engines.base import EngineError, GenerationOptions, complete
 from lavia_live.engines.local import LocalEngine
 from lavia_live.engines.step_choice import StepLines, StepLinesProcessor, StepSlots
-from lavia_live.models.families import encode, serving_dtype
+from lavia_live.models.families import encode, load_model, serving_dtype
+from lavia_live.models.step_classifier import StepClassifier
 from tests.lavia_live.engines.clips import COOKING, TASK
 from training.models.tiny import build_tiny_qwen2_5_vl, task_corpus
 
@@ -241,3 +244,60 @@ def test_auto_dtype_is_bfloat16_on_a_gpu_that_has_it(monkeypatch: pytest.MonkeyP
     assert serving_dtype("float32", "cuda") == "float32"  # asked for: kept
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # e.g. a V100
     assert serving_dtype("auto", "cuda") == "auto"
+
+
+def classify_as(folder: Path, steps: tuple[str, ...], step: int | None) -> None:
+    """Save a step classifier into ``folder`` that reads ``steps[step]`` from every frame
+    (None: no step above its confidence threshold)."""
+    classifier = StepClassifier.initial(load_model(folder), steps)
+    with torch.no_grad():
+        if step is not None:
+            classifier.head.bias[step] = 20.0
+    classifier.save(folder, {})
+
+
+@pytest.mark.parametrize("max_batch", [1, 4])
+async def test_a_step_classifier_writes_the_current_step_and_the_model_the_rest(
+    model_dir: Path, tmp_path: Path, max_batch: int
+) -> None:
+    frames = [jpeg(i) for i in range(3)]
+    options = GenerationOptions(max_tokens=60)
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    plain = LocalEngine(model_dir)
+    assert plain.step_classifier is None
+    own = parse_guidance(await complete(plain, build_guidance_prompt(TASK, 3), frames, options))
+    for step in (0, len(TASK.steps) - 1):
+        classify_as(folder, TASK.steps, step)
+        engine = LocalEngine(folder, max_batch=max_batch)
+        answers = await asyncio.gather(
+            *(complete(engine, build_guidance_prompt(task, 3), frames, options)
+              for task in (TASK, COOKING))
+        )  # fmt: skip
+        read, other = (parse_guidance(a) for a in answers)
+        assert read.current_step == TASK.steps[step], answers[0]
+        assert read.next_step in (*TASK.steps, TASK_COMPLETE), answers[0]
+        # a task whose steps the classifier does not know: the model's own choice
+        assert other.current_step in COOKING.steps, answers[1]
+        await engine.aclose()
+    # a classifier that is not sure gives the model's own answer
+    classify_as(folder, TASK.steps, None)
+    unsure = LocalEngine(folder)
+    assert unsure.step_classifier is not None
+    answer = await complete(unsure, build_guidance_prompt(TASK, 3), frames, options)
+    assert parse_guidance(answer) == own
+
+
+def test_a_broken_step_classifier_is_an_engine_error(model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    classify_as(folder, TASK.steps, 0)
+    (folder / "step_classifier.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(EngineError, match="unreadable step classifier"):
+        LocalEngine(folder)
+    classify_as(folder, COOKING.steps, 0)  # 3 outputs
+    weights = load_file(str(folder / "step_classifier.safetensors"))
+    weights["head.weight"] = weights["head.weight"][:, :7].contiguous()  # another model's
+    save_file(weights, str(folder / "step_classifier.safetensors"))
+    with pytest.raises(EngineError, match="does not fit this model"):
+        LocalEngine(folder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,12 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from lavia_live.cli import main
 from lavia_live.contract.prompt import parse_llava_text
 from lavia_live.contract.records import read_records
 from lavia_live.models.families import encode, load_model
+from lavia_live.models.step_classifier import StepClassifier
 from training.config import TrainSettings
 from training.train.data import LengthGroupedBatches, batch_of, load_examples, load_frames
 from training.train.loop import STATE_FILE, Trainer, weighted_token_loss
@@ -153,6 +156,41 @@ def test_image_pixels_trains_and_saves_the_model_at_another_frame_size(
 
 
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_a_step_classifier_is_trained_and_saved_with_the_model(
+    tmp_path: Path, tiny_base: Path, demo_records: Path
+) -> None:
+    trainer = Trainer(
+        settings(
+            tmp_path,
+            tiny_base,
+            demo_records,
+            max_steps=2,
+            val_records=[demo_records],
+            step_classifier_epochs=40,
+            step_classifier_lr=3e-3,
+        ),
+        progress=False,
+    )
+    final = trainer.train().final_dir
+    loaded = load_model(final)
+    classifier = StepClassifier.load(loaded)
+    assert classifier is not None
+    records = [r for r in read_records(demo_records) if r.annotation is not None]
+    assert classifier.steps == tuple(sorted({r.annotation.current_step for r in records}))
+    info = json.loads((final / "step_classifier.json").read_text(encoding="utf-8"))
+    assert info["frames"] == len({r.image[-1] for r in records}) and info["epochs"] == 40
+    # it learned the training frames' steps (chance: 1 in 4) in a copy of the vision tower;
+    # the model keeps the vision weights its own training gave it
+    assert info["train_accuracy"] >= 0.8 and info["val_accuracy"] >= 0.8, info
+    own = dict(loaded.model.model.visual.named_parameters())
+    assert any(not torch.equal(own[n], p) for n, p in classifier.visual.named_parameters())
+    trained = dict(trainer.accelerator.unwrap_model(trainer.model).named_parameters())
+    assert all(torch.equal(p, trained[f"model.visual.{n}"]) for n, p in own.items())
+    first = records[0]
+    with Image.open(demo_records.parent / first.image[-1]) as img:
+        assert classifier.read(img.convert("RGB")) in (*classifier.steps, None)
+
+
 def test_lora_trains_adapters_and_merges_on_save(
     tmp_path: Path, tiny_base: Path, demo_records: Path
 ) -> None:
