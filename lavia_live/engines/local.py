@@ -52,6 +52,7 @@ _DONE = object()
 _STEP_LINES_CACHE = 32  # tasks whose step lines are kept
 T = TypeVar("T")
 R = TypeVar("R", StepLines, StepSlots)
+K = TypeVar("K", tuple[str, ...], tuple[tuple[str, ...], str])
 
 
 class _StopWhenSet(StoppingCriteria):
@@ -215,12 +216,10 @@ class LocalEngine:
         step = self.step_classifier.read(decode_frames(frames_jpeg[-1:])[0])
         if step is None or step not in steps:
             return lines
-        key = (steps, step)
-        if key not in self._read_lines:
-            if len(self._read_lines) >= _STEP_LINES_CACHE:
-                self._read_lines.pop(next(iter(self._read_lines)))
-            self._read_lines[key] = StepLines(self.loaded.processor.tokenizer, steps, step)
-        return self._read_lines[key]
+        tokenizer = self.loaded.processor.tokenizer
+        return self._kept(
+            self._read_lines, (steps, step), lambda: StepLines(tokenizer, steps, step)
+        )
 
     def _slots(self, prompt: Prompt) -> StepSlots | None:
         """The step slots a question's answer is held to; None: unconstrained."""
@@ -237,11 +236,18 @@ class LocalEngine:
         """``make(tokenizer, steps)``, kept for the last few tasks; None for no steps."""
         if not steps:
             return None
-        if steps not in cache:
+        tokenizer = self.loaded.processor.tokenizer
+        return self._kept(cache, steps, lambda: make(tokenizer, steps))
+
+    @staticmethod
+    def _kept(cache: dict[K, R], key: K, make: Callable[[], R]) -> R:
+        """``cache[key]``, made by ``make()`` the first time; the oldest entry goes when the
+        cache holds ``_STEP_LINES_CACHE``."""
+        if key not in cache:
             if len(cache) >= _STEP_LINES_CACHE:
                 cache.pop(next(iter(cache)))
-            cache[steps] = make(self.loaded.processor.tokenizer, steps)
-        return cache[steps]
+            cache[key] = make()
+        return cache[key]
 
     def _generate_kwargs(
         self,

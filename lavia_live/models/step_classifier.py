@@ -51,7 +51,6 @@ class StepClassifier:
     head: torch.nn.Linear
     image_processor: Any
     min_confidence: float = MIN_CONFIDENCE
-    info: dict[str, Any] | None = None  # how it was trained, as step_classifier.json says
 
     @classmethod
     def initial(cls, loaded: LoadedModel, steps: Sequence[str]) -> StepClassifier:
@@ -92,7 +91,7 @@ class StepClassifier:
         tower.eval()
         head.eval()
         min_confidence = float(info.get("min_confidence", MIN_CONFIDENCE))
-        return cls(steps, tower, head, loaded.processor.image_processor, min_confidence, info)
+        return cls(steps, tower, head, loaded.processor.image_processor, min_confidence)
 
     def save(self, folder: Path, info: dict[str, Any]) -> None:
         """Write the two files into ``folder`` (weights in float16: half the size)."""

@@ -61,12 +61,17 @@ def load_examples(paths: Sequence[str | Path]) -> list[Example]:
     return examples
 
 
+def open_images(paths: Sequence[Path]) -> list[Image.Image]:
+    """The image files ``paths`` as RGB images, in memory."""
+    images = []
+    for path in paths:
+        with Image.open(path) as img:
+            images.append(img.convert("RGB"))
+    return images
+
+
 def load_frames(example: Example) -> list[Image.Image]:
-    frames = []
-    for rel in example.record.image:
-        with Image.open(example.root / rel) as img:
-            frames.append(img.convert("RGB"))
-    return frames
+    return open_images([example.root / rel for rel in example.record.image])
 
 
 class RecordDataset(torch.utils.data.Dataset[Encoded]):

@@ -15,25 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from transformers import get_scheduler
 
 from lavia_live.errors import RecordError
 from lavia_live.models.families import load_model
 from lavia_live.models.step_classifier import StepClassifier
 from training.config import TrainSettings
-from training.train.data import load_examples
-from training.train.vision_warmup import fit_frames, last_frames
+from training.train.data import load_examples, open_images
+from training.train.vision_warmup import fit_frames, frame_accuracy, last_frames
 
 log = logging.getLogger(__name__)
-
-
-def _images(paths: list[Path]) -> list[Image.Image]:
-    images = []
-    for path in paths:
-        with Image.open(path) as img:
-            images.append(img.convert("RGB"))
-    return images
 
 
 def train_step_classifier(
@@ -55,11 +46,15 @@ def train_step_classifier(
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=settings.step_classifier_lr, weight_decay=0.01)
     batch = settings.vision_warmup_batch
+
+    def logits_of(paths: list[Path]) -> torch.Tensor:
+        return classifier.logits(open_images(paths))
+
     started = time.perf_counter()
     train_accuracy = fit_frames(
         train,
         index,
-        lambda paths: classifier.logits(_images(paths)),
+        logits_of,
         optimizer,
         params,
         epochs=settings.step_classifier_epochs,
@@ -77,20 +72,9 @@ def train_step_classifier(
         "epochs": settings.step_classifier_epochs,
         "train_accuracy": train_accuracy,
         "val_frames": len(val),
-        "val_accuracy": _accuracy(classifier, val, batch) if val else None,
+        "val_accuracy": frame_accuracy(logits_of, val, index, batch) if val else None,
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
     classifier.save(model_dir, info)
     log.info("step classifier: %s", info)
     return info
-
-
-@torch.no_grad()
-def _accuracy(classifier: StepClassifier, frames: list[tuple[Path, str]], batch: int) -> float:
-    correct = 0
-    for start in range(0, len(frames), batch):
-        items = frames[start : start + batch]
-        predicted = classifier.logits(_images([p for p, _ in items])).argmax(-1).tolist()
-        names = [classifier.steps[i] for i in predicted]
-        correct += sum(name == label for name, (_, label) in zip(names, items, strict=True))
-    return correct / len(frames)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save
 from tqdm import tqdm
 
@@ -33,7 +32,7 @@ from lavia_live.atomic import atomic_write_bytes, atomic_write_json
 from lavia_live.errors import RecordError
 from lavia_live.models.families import LoadedModel, vision_parameters
 from training.config import TrainSettings
-from training.train.data import Example, load_examples
+from training.train.data import Example, load_examples, open_images
 from training.train.setup import TrainError
 
 log = logging.getLogger(__name__)
@@ -102,12 +101,16 @@ def warm_up_vision(
         params + list(head.parameters()), lr=settings.vision_warmup_lr, weight_decay=0.01
     )
     batch = settings.vision_warmup_batch
+
+    def logits_of(paths: list[Path]) -> torch.Tensor:
+        return head(_features(loaded, paths))  # type: ignore[no-any-return]
+
     started = time.perf_counter()
     model.train()
     train_accuracy = fit_frames(
         train,
         index,
-        lambda paths: head(_features(loaded, paths)),
+        logits_of,
         optimizer,
         params,
         epochs=settings.vision_warmup_epochs,
@@ -117,7 +120,11 @@ def warm_up_vision(
         desc="vision warm-up",
         progress=progress,
     )
-    val_accuracy = _accuracy(loaded, head, val, index, batch) if val else None
+    val_accuracy = None
+    if val:
+        model.eval()
+        val_accuracy = frame_accuracy(logits_of, val, index, batch)
+        model.train()
     report = WarmupReport(
         frames=len(train),
         classes=classes,
@@ -200,12 +207,8 @@ def fit_frames(
 
 def _features(loaded: LoadedModel, paths: list[Path]) -> torch.Tensor:
     """One vector per frame: the mean of its image tokens as the LLM receives them."""
-    images = []
-    for path in paths:
-        with Image.open(path) as img:
-            images.append(img.convert("RGB"))
     inputs: dict[str, Any] = dict(
-        loaded.processor.image_processor(images=images, return_tensors="pt")
+        loaded.processor.image_processor(images=open_images(paths), return_tensors="pt")
     )
     inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     device = next(loaded.model.parameters()).device
@@ -215,19 +218,18 @@ def _features(loaded: LoadedModel, paths: list[Path]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _accuracy(
-    loaded: LoadedModel,
-    head: torch.nn.Module,
+def frame_accuracy(
+    logits_of: Callable[[list[Path]], torch.Tensor],
     frames: list[tuple[Path, str]],
     index: dict[str, int],
     batch: int,
 ) -> float:
-    loaded.model.eval()
+    """The share of ``frames`` whose label (by ``index``) the classifier scores highest; a
+    label ``index`` does not hold is never right."""
     correct = 0
     for start in range(0, len(frames), batch):
         items = frames[start : start + batch]
-        predicted = head(_features(loaded, [p for p, _ in items])).argmax(-1).tolist()
+        predicted = logits_of([p for p, _ in items]).argmax(-1).tolist()
         labels = [index.get(label) for _, label in items]
         correct += sum(a == b for a, b in zip(labels, predicted, strict=True))
-    loaded.model.train()
     return correct / len(frames)
